@@ -1,0 +1,3 @@
+from mailkeep.cli.main import main
+
+raise SystemExit(main())
