@@ -80,14 +80,14 @@ def replay(
     for data in iter_generations(lay, start_gen, checkpoint_gen=checkpoint_gen):
         if first:
             for a in data.header.attached:
-                dbmap[a.dbid] = resolve(a)
+                dbmap[a.dbid] = _bind(resolve(a), a.dbid)
             first = False
         for rec in data.records:
             t = rec.type
             if t in (ATTACH, CREATEDB):
                 info = codec.decode(rec.payload)
                 flush_batches()
-                dbmap[rec.dbid] = resolve(AttachedDb.from_list(info))
+                dbmap[rec.dbid] = _bind(resolve(AttachedDb.from_list(info)), rec.dbid)
             elif t == DETACH:
                 flush_batches()
                 dbmap.pop(rec.dbid, None)
@@ -132,6 +132,13 @@ def replay(
     res.attached_at_end = dbmap
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _bind(db: Database | None, dbid: int) -> Database | None:
+    """The database now answers to the id the log uses for it (recovery detaches it by it)."""
+    if db is not None:
+        db.dbid = dbid
+    return db
 
 
 def check_required(db: Database, start_gen: int) -> None:

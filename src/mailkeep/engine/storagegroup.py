@@ -608,7 +608,8 @@ class StorageGroup:
         w.wait_durable(end)
         now = time.time()
         h = replace(db.header)
-        h.transition(DbState.CLEAN)
+        if h.state != DbState.CLEAN:
+            h.transition(DbState.CLEAN)
         h.log_required_low = 0
         h.log_committed = lsn_gen(end)
         h.last_detach = Mark(end, now)

@@ -1,0 +1,1 @@
+"""Command-line tools: each a thin layer over a library function."""

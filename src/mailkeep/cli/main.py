@@ -1,0 +1,56 @@
+"""`mailkeep`: one console script; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from mailkeep import __version__
+
+
+def data_dir(value: str | None) -> str:
+    return value or os.environ.get("MAILKEEP_DATA") or "./mailkeep-data"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    data: str | None = None
+    # --data may come before the subcommand; eseutil keeps its own Exchange-style switches.
+    while args and args[0].startswith("--data"):
+        opt = args.pop(0)
+        if "=" in opt:
+            data = opt.split("=", 1)[1]
+        elif args:
+            data = args.pop(0)
+        else:
+            print("mailkeep: --data needs a folder", file=sys.stderr)
+            return 2
+    if args and args[0].lower() == "eseutil":
+        from mailkeep.cli import eseutil
+
+        return eseutil.main(args[1:], data=data_dir(data))
+    parser = argparse.ArgumentParser(
+        prog="mailkeep",
+        description="Mailkeep: a mail server whose data survives disasters.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailkeep {__version__}")
+    parser.add_argument("--data", help="data folder (default $MAILKEEP_DATA, else ./mailkeep-data)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("eseutil", help="database utilities: /mh /ml /mk /r (Exchange-style switches)")
+    ev = sub.add_parser("events", help="show the application event log")
+    ev.add_argument("--source")
+    ev.add_argument("--id", type=int)
+    ev.add_argument("--level", choices=("information", "warning", "error"))
+    ev.add_argument("--since", help="ISO time (2026-11-25T10:00) or seconds since the epoch")
+    ev.add_argument("--json", action="store_true")
+    ns = parser.parse_args(args)
+    if data is None:
+        data = ns.data
+    if ns.command == "events":
+        from mailkeep.cli import events
+
+        return events.main(ns, data=data_dir(data))
+    parser.print_help()
+    return 2
