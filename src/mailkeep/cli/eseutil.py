@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mailkeep import __version__
@@ -92,17 +92,15 @@ def parse_recover(words: list[str]) -> RecoverArgs:
     return RecoverArgs(prefix, log_path, system_path, db_dir, ignore)
 
 
-def recover(args: RecoverArgs, events: EventLog) -> list[str]:
-    """Soft recovery of a storage group's files (offline, as eseutil /r)."""
+def recover(args: RecoverArgs, events: EventLog) -> Iterator[str]:
+    """Soft recovery of a storage group's files (offline, as eseutil /r); lines are
+    yielded as the work goes, so a failure still shows what was attempted."""
     cur = os.path.join(args.log_path, f"{args.prefix}.log")
     size = read_header(cur).file_size if os.path.exists(cur) else None
-    cfg = StorageGroupConfig(
-        log_path=args.log_path,
-        system_path=args.system_path,
-        prefix=args.prefix,
-        **({"log_file_size": size} if size else {}),
-    )
-    lines = [
+    cfg = StorageGroupConfig(log_path=args.log_path, system_path=args.system_path, prefix=args.prefix)
+    if size:
+        cfg.log_file_size = size
+    yield from [
         "Initiating RECOVERY mode...",
         f"    Logfile base name: {args.prefix}",
         f"            Log files: {os.path.abspath(args.log_path)}",
@@ -117,18 +115,16 @@ def recover(args: RecoverArgs, events: EventLog) -> list[str]:
     info = dict(sg.last_recovery)
     sg.close()
     dbs = info.get("databases") or []
-    lines.append(
-        f"    Replayed {info.get('generations')} generation(s), {info.get('transactions')} transaction(s)."
-    )
+    yield f"    Replayed {info.get('generations')} generation(s), {info.get('transactions')} transaction(s)."
     if isinstance(dbs, list) and dbs:
-        lines.append("    Databases now in Clean Shutdown:")
-        lines.extend(f"        {p}" for p in dbs)
+        yield "    Databases now in Clean Shutdown:"
+        yield from (f"        {p}" for p in dbs)
     else:
-        lines.append("    No database needed replay.")
-    return lines
+        yield "    No database needed replay."
 
 
-def run(words: Sequence[str], events: EventLog) -> list[str]:
+def run(words: Sequence[str], events: EventLog) -> Iterator[str]:
+    """The output lines of one eseutil command (raises EseError or UsageError)."""
     if not words:
         raise UsageError("no mode given")
     mode = words[0].lower()
@@ -142,7 +138,7 @@ def run(words: Sequence[str], events: EventLog) -> list[str]:
             bad = [w for w in extra if w not in ("/v", "-v")]
             if bad:
                 raise UsageError(f"unknown switch {bad[0]!r} for /ml")
-            return ["Initiating FILE DUMP mode...", ""] + dump.dump_log(path, verbose=bool(extra))
+            return iter(["Initiating FILE DUMP mode...", ""] + dump.dump_log(path, verbose=bool(extra)))
         if extra:
             raise UsageError(f"unknown switch {rest[1]!r} for {words[0]}")
         if not os.path.exists(path):
@@ -150,7 +146,7 @@ def run(words: Sequence[str], events: EventLog) -> list[str]:
 
             raise EseError(errors.FileNotFound, f"{path} not found", path=path)
         fn = dump.dump_database if mode[1:] == "mh" else dump.dump_checkpoint
-        return ["Initiating FILE DUMP mode...", ""] + fn(path)
+        return iter(["Initiating FILE DUMP mode...", ""] + fn(path))
     if mode in ("/r", "-r"):
         return recover(parse_recover(rest), events)
     raise UsageError(f"unknown or not yet available mode {words[0]!r}")
