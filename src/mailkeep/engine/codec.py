@@ -15,15 +15,18 @@ _NONE, _FALSE, _TRUE, _INT, _BIGINT, _FLOAT, _STR, _BYTES, _LIST, _DICT = range(
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
 _L = struct.Struct("<I")
+MAX_DEPTH = 64
 
 
 def encode(value: Any) -> bytes:
     out = bytearray()
-    _enc(value, out)
+    _enc(value, out, 0)
     return bytes(out)
 
 
-def _enc(v: Any, out: bytearray) -> None:
+def _enc(v: Any, out: bytearray, depth: int) -> None:
+    if depth > MAX_DEPTH:  # never log a value that decode() would refuse
+        raise ValueError("value nested too deeply")
     if v is None:
         out.append(_NONE)
     elif v is True:
@@ -53,13 +56,13 @@ def _enc(v: Any, out: bytearray) -> None:
         out.append(_LIST)
         out += _L.pack(len(v))
         for item in v:
-            _enc(item, out)
+            _enc(item, out, depth + 1)
     elif isinstance(v, dict):
         out.append(_DICT)
         out += _L.pack(len(v))
         for k, item in v.items():
-            _enc(k, out)
-            _enc(item, out)
+            _enc(k, out, depth + 1)
+            _enc(item, out, depth + 1)
     else:
         raise TypeError(f"cannot log a value of type {type(v).__name__}")
 
@@ -77,7 +80,7 @@ def _need(buf: memoryview, pos: int, n: int) -> None:
 
 
 def _dec(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    if depth > 64:
+    if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     _need(buf, pos, 1)
     tag = buf[pos]
@@ -121,8 +124,14 @@ def _dec(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
         for _ in range(n):
             k, pos = _dec(buf, pos, depth + 1)
             item, pos = _dec(buf, pos, depth + 1)
-            if isinstance(k, list):
-                k = tuple(k)
-            d[k] = item
+            try:
+                d[_key(k)] = item
+            except TypeError as e:  # damage put a dict where a key belongs
+                raise ValueError(f"unhashable dict key before byte {pos}") from e
         return d, pos
     raise ValueError(f"unknown value tag {tag} at byte {pos - 1}")
+
+
+def _key(k: Any) -> Any:
+    """A tuple key (nested tuples too) was encoded as a list: make it hashable again."""
+    return tuple(_key(x) for x in k) if isinstance(k, list) else k

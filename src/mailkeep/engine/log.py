@@ -220,6 +220,7 @@ class LogWriter:
             tmp = self._use_reserve(new)
         cur = self.path_current
         self.io.close(self._fd)
+        self._fd = -1  # closed: a failure below must not let close() close a reused number
         try:
             self.io.rename(cur, os.path.join(self.log_dir, gen_file_name(self.prefix, old.generation)))
             self.io.fsync_dir(self.log_dir)

@@ -31,6 +31,7 @@ from mailkeep.engine.errors import EseError
 from mailkeep.engine.fileio import FileIO
 from mailkeep.engine.header import DatabaseHeader, DbState, Mark
 from mailkeep.engine.log import (
+    RESERVE_NAMES,
     LogWriter,
     create_first_generation,
     create_reserve_logs,
@@ -154,8 +155,6 @@ class StorageGroup:
             log_path=os.path.abspath(config.log_path),
             system_path=os.path.abspath(config.system_path),
         )
-        create_first_generation(io, config.log_path, header)
-        create_reserve_logs(io, config.log_path, config.log_file_size)
         chk = chkfile.Checkpoint(
             signature=header.signature,
             lsn=lsn(1, HEADER_SIZE),
@@ -164,8 +163,22 @@ class StorageGroup:
             system_path=header.system_path,
             circular=config.circular_logging,
         )
-        chkfile.write(io, config.checkpoint_path, chk)
-        return cls.open(config, io=io, events=events)
+        try:
+            create_first_generation(io, config.log_path, header)
+            create_reserve_logs(io, config.log_path, config.log_file_size)
+            chkfile.write(io, config.checkpoint_path, chk)
+            return cls.open(config, io=io, events=events)
+        except BaseException:
+            # Nothing was ever committed to a group whose creation failed: remove what was
+            # made, so creating it again works (a half-written E00.log would otherwise be
+            # refused by both open (-501) and create (-1032)).
+            for p in (cur, *(os.path.join(config.log_path, n) for n in RESERVE_NAMES),
+                      config.checkpoint_path, config.checkpoint_path + ".tmp"):
+                try:
+                    io.unlink(p)
+                except OSError:
+                    pass
+            raise
 
     @classmethod
     def open(
@@ -682,17 +695,17 @@ class StorageGroup:
                 self._check_open()
                 self._checkpoint_due = False
                 w = self._log_writer()
-                w.flush()
+                # With the write lock held no transaction is open, so every logged change
+                # up to ``end`` is in each database: each is caught up to ``end``, even one
+                # that saw no transaction for a long time (it must not hold the checkpoint).
+                end = w.flush()
                 for dbid, db in list(self._dbs.items()):
                     h = replace(db.header)
-                    h.log_required_low = lsn_gen(db.applied_lsn)
+                    h.log_required_low = lsn_gen(end)
                     h.log_committed = w.generation
-                    if (h.log_required_low, h.log_committed) != (
-                        db.header.log_required_low, db.header.log_committed
-                    ):
-                        db.write_header(h)
+                    db.write_header(h, applied_lsn=end)
                     if db.checkpoint():
-                        self._durable_applied[dbid] = db.applied_lsn
+                        self._durable_applied[dbid] = end
                 self._advance_checkpoint()
             self._check_depth()
             return self._chk_lsn
