@@ -313,8 +313,15 @@ class Database:
     def checkpoint(self) -> bool:
         """Make everything committed durable in the .edb and .stm. False if readers kept
         SQLite from completing its WAL checkpoint (try again later)."""
+        w = self.writer
         try:
-            busy, _log, _done = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # A reader in the middle of a long read must not stall the storage group's
+            # writers (the caller holds the write lock): give up quickly, retry later.
+            w.execute("PRAGMA busy_timeout = 200")
+            try:
+                busy, _log, _done = w.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                w.execute("PRAGMA busy_timeout = 10000")
         except sqlite3.Error as e:
             raise sqlite_error(e, self.edb_path) from e
         if busy:
