@@ -53,8 +53,11 @@ class EventLog:
             del self.recent[:-1000]
             if self.path:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
+                    end = os.fstat(fd).st_size
+                    if end and os.pread(fd, 1, end - 1) != b"\n":
+                        raw = b"\n" + raw  # a torn last line must not swallow this event
                     os.write(fd, raw)
                 finally:
                     os.close(fd)

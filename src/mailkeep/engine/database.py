@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
@@ -113,6 +114,8 @@ def read_header(path: str) -> tuple[DatabaseHeader, int]:
         finally:
             conn.close()
     except sqlite3.Error as e:
+        if "no such table" in str(e):  # a SQLite file, but not a database of ours
+            raise EseError(errors.DatabaseCorrupted, f"{path} is not a Mailkeep database ({e})", path=path) from e
         raise sqlite_error(e, path) from e
     if row is None:
         raise EseError(errors.DatabaseCorrupted, f"{path} has no database header", path=path)
@@ -227,7 +230,8 @@ class Database:
         self.stm_fd = self.io.open(self.stm_path)
         self.stm_end = max(STM_HEADER, self.io.size(self.stm_fd))
 
-    def close(self) -> None:
+    def close_readers(self) -> None:
+        """Close every reader connection (a dismount must not wait for a slow reader)."""
         with self._readers_lock:
             for c in self._readers:
                 try:
@@ -236,6 +240,9 @@ class Database:
                     pass
             self._readers.clear()
             self._local = threading.local()
+
+    def close(self) -> None:
+        self.close_readers()
         if self._writer is not None:
             try:
                 if self._writer.in_transaction:
@@ -374,7 +381,17 @@ class Database:
             raise ValueError(f"unknown logged operation {kind!r}")
 
     def write_stream_data(self, offset: int, data: bytes | memoryview) -> None:
-        self.io.pwrite(self.stm_fd, data, offset)
+        try:
+            self.io.pwrite(self.stm_fd, data, offset)
+        except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise EseError(
+                errors.DiskFull if full else errors.DiskIO,
+                f"writing the streaming file {self.stm_path} failed ({e.strerror}). "
+                + ("Free space on its disk; " if full else "Check the disk; ")
+                + "transactions already acknowledged are not affected.",
+                path=self.stm_path,
+            ) from e
         self.stm_end = max(self.stm_end, offset + len(data))
 
     # -- reads -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ needs none (0-0) and records where it became consistent (Last Consistent).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import time
@@ -109,6 +110,10 @@ class DatabaseHeader:
             organization=organization,
             admin_group=admin_group,
         )
+
+    def copy(self) -> DatabaseHeader:
+        """An independent copy (the backup sections too), to change and then write."""
+        return dataclasses.replace(self, backups=dict(self.backups))
 
     def transition(self, new: DbState) -> None:
         if (self.state, new) not in _ALLOWED:

@@ -118,6 +118,13 @@ class LogWriter:
         if self.failed is not None:
             raise self.failed
 
+    def stop(self, failure: EseError) -> None:
+        """Accept no further record: a write or fsync the storage group relies on failed."""
+        with self._lock:
+            if self.failed is None:
+                self.failed = failure
+            self._cond.notify_all()
+
     def _fail(self, e: OSError, doing: str) -> None:
         self.failed = EseError(
             errors.LogWriteFail,
@@ -231,6 +238,7 @@ class LogWriter:
             self._fail(e, "renaming")
         self.header = new
         self._offset = self._sealed = HEADER_SIZE
+        self._flush = 1  # flushes are numbered from 1 in each generation (logformat)
         self._durable = lsn(new.generation, HEADER_SIZE)
         if self.on_roll is not None:
             self.on_roll(new.generation)

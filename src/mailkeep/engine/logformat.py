@@ -3,8 +3,10 @@
 A generation is a fixed-size, pre-allocated file: a 4096-byte header, then records from
 offset 4096. Each group commit ("flush") starts on a 512-byte sector boundary and ends with a
 FILL record up to the next boundary, so a flush never rewrites a sector holding records that
-an earlier fsync made durable. A record is valid only if its checksum matches and it carries
-the generation number of its file, so zeroed space, stale bytes and torn writes never parse.
+an earlier fsync made durable. Flushes are numbered from 1 in each generation, so a reader
+knows the number of the first one. A record is valid only if its checksum matches and it
+carries the generation number of its file, so zeroed space, stale bytes and torn writes never
+parse.
 
 A log position (LSN) is ``generation << 32 | byte offset``; eseutil shows it as
 ``(0xGEN,SECTOR,BYTE)``.

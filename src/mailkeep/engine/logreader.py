@@ -9,6 +9,8 @@ Invariants:
   crash interrupted) only if no valid record of a *later* flush lies beyond it; a valid
   record of a later flush proves that committed data was damaged, which is -501. In a closed
   generation (fsync'd completely before it was renamed) anything but zeros is -501.
+  The damaged flush is the one the last valid record belongs to, unless that record is a
+  FILL (which ends its flush): then it is the next one (flush 1 at the start of a generation).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from mailkeep.engine import errors
 from mailkeep.engine.errors import EseError
 from mailkeep.engine.logformat import (
+    FILL,
+    FORMAT_VERSION,
     HEADER_SIZE,
     SECTOR,
     LogHeader,
@@ -43,7 +47,7 @@ def read_header(path: str) -> LogHeader:
     except FileNotFoundError as e:
         raise EseError(errors.FileNotFound, f"log file {path} not found", path=path) from e
     try:
-        return LogHeader.decode(data)
+        header = LogHeader.decode(data)
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise EseError(
             errors.LogFileCorrupt,
@@ -51,6 +55,15 @@ def read_header(path: str) -> LogHeader:
             "backup; without it, recovery cannot pass this point.",
             path=path,
         ) from e
+    if header.version[0] != FORMAT_VERSION[0]:
+        raise EseError(
+            errors.BadLogVersion,
+            f"log file {path} has format version {header.version[0]}.{header.version[1]}; this "
+            f"Mailkeep reads version {FORMAT_VERSION[0]}.x. Replay it with the Mailkeep version "
+            "that wrote it.",
+            path=path,
+        )
+    return header
 
 
 @dataclass
@@ -103,7 +116,8 @@ def scan_generation(path: str, expected_gen: int | None, *, newest: bool) -> Gen
     torn = 0
     rest = buf[pos:]
     if rest.count(0) != len(rest):
-        later = _later_flush(buf, pos, gen, last_flush)
+        damaged = last_flush if records and records[-1].type != FILL else last_flush + 1
+        later = _later_flush(buf, pos, gen, damaged)
         if not newest or later is not None:
             where = format_lsn(lsn(gen, pos))
             why = (
@@ -123,12 +137,12 @@ def scan_generation(path: str, expected_gen: int | None, *, newest: bool) -> Gen
     return GenerationData(path, header, records, lsn(gen, pos), last_flush, torn)
 
 
-def _later_flush(buf: bytes, pos: int, gen: int, last_flush: int) -> tuple[int, int] | None:
-    """A valid record at a sector start past ``pos`` from a flush after the next one."""
+def _later_flush(buf: bytes, pos: int, gen: int, damaged: int) -> tuple[int, int] | None:
+    """A valid record at a sector start past ``pos`` from a flush after the damaged one."""
     start = -(-(pos + 1) // SECTOR) * SECTOR
     for off in range(start, len(buf), SECTOR):
         rec = decode_record(buf, off, gen)
-        if rec is not None and rec.flush > last_flush + 1:
+        if rec is not None and rec.flush > damaged:
             return rec.pos, rec.flush
     return None
 

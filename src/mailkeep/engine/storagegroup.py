@@ -22,7 +22,8 @@ import fcntl
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NoReturn
 
 from mailkeep.engine import checkpoint as chkfile
 from mailkeep.engine import codec, errors
@@ -46,6 +47,7 @@ from mailkeep.engine.logformat import (
     TERM,
     AttachedDb,
     LogHeader,
+    both_names,
     format_lsn,
     gen_file_name,
     lsn,
@@ -494,7 +496,7 @@ class StorageGroup:
             db = Database(self.io, edb_path, stm_path)
             db.open()
             try:
-                if db.header.state != DbState.CLEAN:
+                if db.header.state == DbState.DIRTY:  # Just Created: never attached, nothing to replay
                     self._recover_one(db)
                 self._attach(db)
             except BaseException:
@@ -541,7 +543,16 @@ class StorageGroup:
         w.flush()
         lay = layout(self.config.log_path, self.config.prefix)
         start = max(min(h.log_required_low or lay.lowest, lsn_gen(db.applied_lsn) or lay.lowest), 1)
-        check_required(db, start) if start > lay.lowest else None
+        if start < lay.lowest:
+            missing = ", ".join(both_names(self.config.prefix, g) for g in range(start, min(lay.lowest, start + 3)))
+            raise EseError(
+                errors.DatabaseDirtyShutdown,
+                f"database {db.edb_path} was not shut down cleanly and needs log generations "
+                f"{start}-{lay.lowest - 1}, which are no longer in {self.config.log_path} ({missing}"
+                f"{', ...' if lay.lowest - start > 3 else ''}). Copy them back from backup and mount "
+                "again, or restore the database from backup.",
+                path=db.edb_path,
+            )
 
         def resolve(a: AttachedDb) -> Database | None:
             return db if a.signature == h.signature else None
@@ -561,15 +572,15 @@ class StorageGroup:
             )
         now = time.time()
         end = w.appended()
-        h = replace(db.header)
+        h = db.header.copy()
         h.transition(DbState.CLEAN)
         h.log_required_low = 0
         h.last_consistent = Mark(end, now)
         db.write_header(h, applied_lsn=max(db.applied_lsn, end))
-        db.checkpoint()
+        self._make_durable(db)
 
     def _attach(self, db: Database) -> None:
-        h = replace(db.header)
+        h = db.header.copy()
         org = self.config.organization
         if h.organization and org and h.organization != org:
             raise EseError(
@@ -600,7 +611,7 @@ class StorageGroup:
         h.dbid = dbid
         db.dbid = dbid
         db.write_header(h, applied_lsn=end)
-        db.checkpoint()  # Dirty Shutdown is on disk before any transaction touches the file
+        self._make_durable(db)  # Dirty Shutdown is on disk before any transaction touches the file
         self._durable_applied[dbid] = end
         self._dbs[dbid] = db
         self.events.info(SOURCE, 326, f"Database {db.edb_path} attached to {self.config.name} (id {dbid}).")
@@ -620,20 +631,29 @@ class StorageGroup:
         _s, end = w.append(DETACH, db.dbid, b"")
         w.wait_durable(end)
         now = time.time()
-        h = replace(db.header)
+        h = db.header.copy()
         if h.state != DbState.CLEAN:
             h.transition(DbState.CLEAN)
         h.log_required_low = 0
         h.log_committed = lsn_gen(end)
         h.last_detach = Mark(end, now)
         h.last_consistent = Mark(end, now)
-        db.write_header(h, applied_lsn=end)
-        for _ in range(50):
-            if db.checkpoint():
-                break
-            time.sleep(0.02)
-        db.close()
-        self.io.fsync_path(db.edb_path)
+        try:
+            db.write_header(h, applied_lsn=end)
+        except BaseException:
+            db.abandon()  # stays Dirty Shutdown (mounting replays it); no handle is kept
+            raise
+        db.close_readers()
+        try:
+            for _ in range(50):
+                if db.checkpoint():
+                    break
+                time.sleep(0.02)
+            db.close()
+            self.io.fsync_path(db.edb_path)
+        except OSError as e:
+            db.abandon()
+            self._stop(e, f"making database {db.edb_path} durable at its detach")
         self.events.info(SOURCE, 327, f"Database {db.edb_path} detached from {self.config.name}: Clean Shutdown.")
 
     def _database_failed(self, db: Database, e: BaseException) -> None:
@@ -700,11 +720,11 @@ class StorageGroup:
                 # that saw no transaction for a long time (it must not hold the checkpoint).
                 end = w.flush()
                 for dbid, db in list(self._dbs.items()):
-                    h = replace(db.header)
+                    h = db.header.copy()
                     h.log_required_low = lsn_gen(end)
                     h.log_committed = w.generation
                     db.write_header(h, applied_lsn=end)
-                    if db.checkpoint():
+                    if self._make_durable(db):
                         self._durable_applied[dbid] = end
                 self._advance_checkpoint()
             self._check_depth()
@@ -720,13 +740,38 @@ class StorageGroup:
         if target <= self._chk_lsn:
             return
         self._chk_lsn = target
-        self._write_checkpoint()
-        if self.config.circular_logging:
-            chk_gen = lsn_gen(target)
-            for g, path in sorted(list_generations(self.config.log_path, self.config.prefix).items()):
-                if g < chk_gen:
-                    self.io.unlink(path)
-            self.io.fsync_dir(self.config.log_path)
+        try:
+            self._write_checkpoint()
+            if self.config.circular_logging:
+                chk_gen = lsn_gen(target)
+                for g, path in sorted(list_generations(self.config.log_path, self.config.prefix).items()):
+                    if g < chk_gen:
+                        self.io.unlink(path)
+                self.io.fsync_dir(self.config.log_path)
+        except OSError as e:
+            self._stop(e, f"writing checkpoint {self.config.checkpoint_path}")
+
+    def _make_durable(self, db: Database) -> bool:
+        """db.checkpoint(); a failed write or fsync of its files stops the group (-510)."""
+        try:
+            return db.checkpoint()
+        except OSError as e:
+            self._stop(e, f"making database {db.edb_path} durable")
+
+    def _stop(self, e: OSError, what: str) -> NoReturn:
+        """A write or fsync the group relies on failed. As after a failed log fsync, no
+        further commit is accepted (-510) and reopening recovers from the log: a retried
+        fsync is never trusted ("fsyncgate"), so a later checkpoint must not pass data the
+        kernel may have dropped."""
+        failure = EseError(
+            errors.LogWriteFail,
+            f"{what} failed ({e.strerror}). No further commits are accepted in "
+            f"{self.config.name}; restart the storage group to recover from the log.",
+            path=e.filename,
+        )
+        if self._writer is not None:
+            self._writer.stop(failure)
+        raise failure from e
 
     def _write_checkpoint(self) -> None:
         cfg = self.config
@@ -783,6 +828,8 @@ class StorageGroup:
     def thaw_checkpoint(self) -> None:
         with self._write_lock:
             self._frozen = max(0, self._frozen - 1)
+            if not self._frozen and not self._closed:
+                self._write_checkpoint()  # even if the checkpoint cannot move, E00.chk is no longer frozen
         if not self._frozen:
             self.checkpoint()
 

@@ -13,11 +13,12 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mailkeep.engine import codec
-from mailkeep.engine.database import Database, StreamReader
+from mailkeep.engine.database import Database, StreamReader, sqlite_error
 from mailkeep.engine.logformat import COMMIT, OPS, ROLLBACK, STREAM, STREAM_HEAD
 from mailkeep.engine.schema import TableSpec
 
@@ -279,6 +280,14 @@ class ReadTransaction:
             c = db.reader()
             c.execute("BEGIN")
             self._conns[db.dbid] = c
+            try:  # the snapshot starts at the first read, not at BEGIN
+                c.execute("SELECT applied_lsn FROM _header").fetchone()
+            except sqlite3.Error as e:
+                raise sqlite_error(e, db.edb_path) from e
+            # A commit is applied to the database just before its log fsync: a snapshot
+            # taken now may hold one that is not durable yet, so wait until it is.
+            w = self.sg._log_writer()
+            w.wait_durable(w.appended())
         return c
 
     def get(self, db: Database, table: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
