@@ -170,20 +170,49 @@ def test_torn_tail_with_records_of_the_torn_flush_beyond_it(tmp_path: Path) -> N
     assert d.torn_bytes == 2 * lf.SECTOR + len(later_same_flush.rstrip(b"\0"))
 
 
-def test_damage_before_a_later_flush_is_corruption(tmp_path: Path) -> None:
+def test_damage_before_a_sealed_later_flush_is_corruption(tmp_path: Path) -> None:
     make_stream(tmp_path, 1)
     cur = tmp_path / "E00.log"
     clean = lr.scan_generation(str(cur), 1, newest=True)
     end = lf.lsn_off(clean.end)
     write_at(cur, end, b"\x5a" * 30)
-    later = lf.encode_record(1, clean.last_flush + 2, lf.OPS, 1, b"committed later")
-    write_at(cur, end + lf.SECTOR, later)
+    nxt = clean.last_flush + 2  # the damaged flush is last_flush + 1
+    later = lf.encode_record(1, nxt, lf.OPS, 1, b"committed later")
+    at = end + lf.SECTOR
+    write_at(cur, at, later + lf.fill_record(1, nxt, at + len(later)))
     with pytest.raises(EseError) as e:
         lr.scan_generation(str(cur), 1, newest=True)
     assert err(e) == (-501, "JET_errLogFileCorrupt")
     msg = str(e.value)
-    assert f"a valid record of flush {clean.last_flush + 2} at {lf.format_lsn(lf.lsn(1, end + lf.SECTOR))}" in msg
+    fill_at = lf.format_lsn(lf.lsn(1, at + len(later)))
+    assert f"a valid record of flush {nxt} at {fill_at}" in msg
     assert f"damaged at {lf.format_lsn(clean.end)}" in msg
+
+
+def test_damage_before_a_record_two_flushes_later_is_corruption(tmp_path: Path) -> None:
+    make_stream(tmp_path, 1)
+    cur = tmp_path / "E00.log"
+    clean = lr.scan_generation(str(cur), 1, newest=True)
+    end = lf.lsn_off(clean.end)
+    write_at(cur, end, b"\x5a" * 30)
+    write_at(cur, end + lf.SECTOR, lf.encode_record(1, clean.last_flush + 3, lf.OPS, 1, b"much later"))
+    with pytest.raises(EseError) as e:
+        lr.scan_generation(str(cur), 1, newest=True)
+    assert err(e) == (-501, "JET_errLogFileCorrupt")
+
+
+def test_torn_flush_followed_by_unsealed_next_flush_is_a_torn_tail(tmp_path: Path) -> None:
+    """Power loss while flush T was being fsync'd and T+1 was being written: T+1's records
+    (without their FILL) may reach the disk while sectors of T do not. Nothing in either was
+    acknowledged, so this is a torn tail, not corruption."""
+    make_stream(tmp_path, 1)
+    cur = tmp_path / "E00.log"
+    clean = lr.scan_generation(str(cur), 1, newest=True)
+    end = lf.lsn_off(clean.end)
+    write_at(cur, end, b"\x5a" * 30)
+    write_at(cur, end + lf.SECTOR, lf.encode_record(1, clean.last_flush + 2, lf.OPS, 1, b"unsealed"))
+    d = lr.scan_generation(str(cur), 1, newest=True)
+    assert d.end == clean.end and len(d.records) == len(clean.records) and d.torn_bytes > 0
 
 
 def test_damaged_committed_record_is_corruption(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ Invariants:
   its file name -513, a broken chain of creation times -515.
 - Inside a generation, records are read until the first invalid one. The rest of the file
   must then be zeros. Otherwise, in the newest generation, it is a torn tail (a flush the
-  crash interrupted) only if no valid record of a *later* flush lies beyond it; a valid
-  record of a later flush proves that committed data was damaged, which is -501. In a closed
+  crash interrupted) unless what lies beyond proves the damaged flush had been fsync'd (a
+  sealed later flush, or any record two flushes later: see ``_later_flush``); then committed
+  data was damaged, which is -501. In a closed
   generation (fsync'd completely before it was renamed) anything but zeros is -501.
   The damaged flush is the one the last valid record belongs to, unless that record is a
   FILL (which ends its flush): then it is the next one (flush 1 at the start of a generation).
@@ -32,6 +33,7 @@ from mailkeep.engine.logformat import (
     decode_record,
     format_lsn,
     lsn,
+    lsn_off,
     parse_gen_file_name,
 )
 
@@ -138,12 +140,27 @@ def scan_generation(path: str, expected_gen: int | None, *, newest: bool) -> Gen
 
 
 def _later_flush(buf: bytes, pos: int, gen: int, damaged: int) -> tuple[int, int] | None:
-    """A valid record at a sector start past ``pos`` from a flush after the damaged one."""
+    """A record past ``pos`` proving that the damaged flush had been made durable.
+
+    The writer seals a flush (writes its FILL) only after the previous flush's fsync returned,
+    and starts a flush only after sealing the one before. So a *sealed* flush after the
+    damaged one, or any record of a flush two or more after it, proves the damaged flush was
+    durable: its damage is not a torn write. Records of the very next flush without its FILL
+    prove nothing: they are written while the damaged flush's fsync is still running, and a
+    power loss can keep them while losing sectors of the damaged flush.
+    """
     start = -(-(pos + 1) // SECTOR) * SECTOR
     for off in range(start, len(buf), SECTOR):
         rec = decode_record(buf, off, gen)
-        if rec is not None and rec.flush > damaged:
+        if rec is None or rec.flush <= damaged:
+            continue
+        if rec.flush > damaged + 1:
             return rec.pos, rec.flush
+        at: Record | None = rec
+        while at is not None and at.flush == damaged + 1:
+            if at.type == FILL:
+                return at.pos, at.flush
+            at = decode_record(buf, lsn_off(at.end), gen)
     return None
 
 
