@@ -676,7 +676,7 @@ def test_circular_logging_deletes_generations_below_the_checkpoint(tmp_path: Pat
             chk_gen = lf.lsn_gen(sg.checkpoint_lsn)
             assert chk_gen == sg.current_generation == i + 1
             assert [g for g in list_generations(cfg.log_path, "E00") if g < chk_gen] == []
-        assert sorted(os.listdir(cfg.log_path)) == ["E00.log", "res1.log", "res2.log"]
+        assert sorted(os.listdir(cfg.log_path)) == ["E00.log", "E00tmp.log", "res1.log", "res2.log"]
         assert chkfile.read(cfg.checkpoint_path).circular is True
         assert row_ids(sg, db) == [0, 1, 2, 3, 4]
     finally:

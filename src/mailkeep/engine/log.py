@@ -7,7 +7,9 @@ Invariants:
   (the writer is then failed for good: -510, as PostgreSQL does since "fsyncgate").
 - Concurrent committers share one fsync: the first waiter seals the current flush (a FILL
   record to the sector boundary) and fsyncs; everyone whose record is before the seal wakes.
-- Roll-over closes a full generation only after fsyncing it, renames it to its numbered name
+- The next generation's file is created ahead of need (``prepare_next``, outside the commit
+  path); roll-over then only writes its header. Roll-over closes a full generation only
+  after fsyncing it, renames it to its numbered name
   and then renames the prepared ``E00tmp.log`` to ``E00.log`` (directory fsync after each).
   A crash between the two renames leaves ``E00tmp.log`` holding the next generation, which
   opening the storage group completes.
@@ -74,6 +76,9 @@ class LogWriter:
         self._flushing = False
         self.failed: EseError | None = None
         self.disk_full = False
+        self._prep_lock = threading.Lock()
+        self._prepared = False  # E00tmp.log is ready: full size, zeros, fsync'd
+        self._prep_failed = 0  # generation during which preparing failed (no retry before a roll)
         self.on_roll: Callable[[int], None] | None = None
         self.max_payload = min(1 << 20, (self.file_size - HEADER_SIZE) // 2 - RECORD.size - SECTOR)
 
@@ -97,22 +102,44 @@ class LogWriter:
     # -- appending -------------------------------------------------------------------------
     def append(self, rtype: int, dbid: int, payload: bytes) -> tuple[int, int]:
         """Write one record; returns its (start, end) log positions. Not yet durable."""
-        if len(payload) > self.max_payload:
-            raise ValueError(f"log record of {len(payload)} bytes exceeds {self.max_payload}")
+        return self.append_many([(rtype, dbid, payload)])[0]
+
+    def append_many(self, items: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
+        """Write records back to back (one pwrite when they fit in the current generation,
+        which is the common case of a transaction's records and its commit record)."""
+        for _t, _d, payload in items:
+            if len(payload) > self.max_payload:
+                raise ValueError(f"log record of {len(payload)} bytes exceeds {self.max_payload}")
         with self._lock:
             self._check_usable()
-            need = RECORD.size + len(payload) + RECORD.size + SECTOR
-            if self._offset + need > self.file_size:
+            total = sum(RECORD.size + len(p) for _t, _d, p in items) + RECORD.size + SECTOR
+            if self._offset + total > self.file_size and HEADER_SIZE + total <= self.file_size:
                 self._roll_locked()
-            gen = self.header.generation
-            data = encode_record(gen, self._flush, rtype, dbid, payload)
-            try:
-                self.io.pwrite(self._fd, data, self._offset)
-            except OSError as e:
-                self._fail(e, "writing")
-            start = lsn(gen, self._offset)
-            self._offset += len(data)
-            return start, lsn(gen, self._offset)
+            out: list[tuple[int, int]] = []
+            if self._offset + total <= self.file_size:
+                gen = self.header.generation
+                data = b"".join(encode_record(gen, self._flush, t, d, p) for t, d, p in items)
+                try:
+                    self.io.pwrite(self._fd, data, self._offset)
+                except OSError as e:
+                    self._fail(e, "writing")
+                for _t, _d, p in items:
+                    size = RECORD.size + len(p)
+                    out.append((lsn(gen, self._offset), lsn(gen, self._offset + size)))
+                    self._offset += size
+                return out
+            for t, d, p in items:  # larger than a generation: record by record, rolling between
+                if self._offset + RECORD.size + len(p) + RECORD.size + SECTOR > self.file_size:
+                    self._roll_locked()
+                gen = self.header.generation
+                data = encode_record(gen, self._flush, t, d, p)
+                try:
+                    self.io.pwrite(self._fd, data, self._offset)
+                except OSError as e:
+                    self._fail(e, "writing")
+                out.append((lsn(gen, self._offset), lsn(gen, self._offset + len(data))))
+                self._offset += len(data)
+            return out
 
     def _check_usable(self) -> None:
         if self.failed is not None:
@@ -219,12 +246,16 @@ class LogWriter:
             system_path=old.system_path,
         )
         tmp = os.path.join(self.log_dir, tmp_name(self.prefix))
-        try:
-            self._prepare(tmp, new)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                self._fail(e, "creating the next generation after")
-            tmp = self._use_reserve(new)
+        with self._prep_lock:
+            try:
+                if not self._prepared:
+                    self._zero_file(tmp)
+                self._prepared = False
+                self._write_header(tmp, new)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    self._fail(e, "creating the next generation after")
+                tmp = self._use_reserve(new)
         cur = self.path_current
         self.io.close(self._fd)
         self._fd = -1  # closed: a failure below must not let close() close a reused number
@@ -243,13 +274,32 @@ class LogWriter:
         if self.on_roll is not None:
             self.on_roll(new.generation)
 
-    def _prepare(self, path: str, header: LogHeader) -> None:
-        """Create a full-size, zero-filled generation with its header, fsync'd."""
+    def prepare_next(self) -> None:
+        """Create the next generation's file (``E00tmp.log``, full size, zeros, fsync'd)
+        ahead of need, so the roll-over inside a commit only writes its header. Called
+        outside the commit path; a failure (a full disk) is left for the roll-over, which
+        tries again and falls back to the reserve logs."""
+        if self._prepared or self.failed is not None or self._prep_failed == self.header.generation:
+            return
+        with self._prep_lock:
+            if self._prepared:
+                return
+            try:
+                self._zero_file(os.path.join(self.log_dir, tmp_name(self.prefix)))
+                self._prepared = True
+            except OSError:
+                self._prep_failed = self.header.generation  # try again after the next roll-over
+
+    @property
+    def next_prepared(self) -> bool:
+        return self._prepared
+
+    def _zero_file(self, path: str) -> None:
+        """A full-size, zero-filled file, fsync'd; removed again if that fails."""
         fd = self.io.open(path, create=True)
         try:
             os.ftruncate(fd, 0)
-            self.io.fill_zeros(fd, 0, header.file_size)
-            self.io.pwrite(fd, header.encode(), 0)
+            self.io.fill_zeros(fd, 0, self.file_size)
             self.io.fsync(fd)
         except OSError:
             self.io.close(fd)
@@ -259,6 +309,14 @@ class LogWriter:
                 pass
             raise
         self.io.close(fd)
+
+    def _write_header(self, path: str, header: LogHeader) -> None:
+        fd = self.io.open(path)
+        try:
+            self.io.pwrite(fd, header.encode(), 0)
+            self.io.fsync(fd)
+        finally:
+            self.io.close(fd)
 
     def _use_reserve(self, header: LogHeader) -> str:
         header.reserve = True

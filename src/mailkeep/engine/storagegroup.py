@@ -170,7 +170,7 @@ class StorageGroup:
             create_reserve_logs(io, config.log_path, config.log_file_size)
             chkfile.write(io, config.checkpoint_path, chk)
             return cls.open(config, io=io, events=events)
-        except BaseException:
+        except BaseException as e:
             # Nothing was ever committed to a group whose creation failed: remove what was
             # made, so creating it again works (a half-written E00.log would otherwise be
             # refused by both open (-501) and create (-1032)).
@@ -180,6 +180,15 @@ class StorageGroup:
                     io.unlink(p)
                 except OSError:
                     pass
+            if isinstance(e, OSError):
+                full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+                raise EseError(
+                    errors.DiskFull if full else errors.DiskIO,
+                    f"creating storage group {config.name} in {config.log_path} failed "
+                    f"({e.strerror}); nothing was left behind. "
+                    + ("Free space on its disk" if full else "Check the disk") + ", then create it again.",
+                    path=config.log_path,
+                ) from e
             raise
 
     @classmethod
@@ -470,13 +479,38 @@ class StorageGroup:
                     errors.InternalError,
                     f"{self.config.name} already has {MAX_DATABASES} databases mounted",
                 )
-            create_files(self.io, edb_path, stm_path, header)
-            header.transition(DbState.CLEAN)
-            db = Database(self.io, edb_path, stm_path)
-            db.open()
-            db.write_header(header)
-            db.checkpoint()
-            db.close()
+            fresh = not os.path.exists(edb_path) and not os.path.exists(stm_path)
+            db: Database | None = None
+            try:
+                create_files(self.io, edb_path, stm_path, header)
+                header.transition(DbState.CLEAN)
+                db = Database(self.io, edb_path, stm_path)
+                db.open()
+                db.write_header(header)
+                db.checkpoint()
+                db.close()
+            except BaseException as e:
+                # Nothing was ever stored in a database whose creation failed: remove its
+                # files, so creating it again works (a half-written .stm would otherwise be
+                # refused by mount (-1018) and by create_database (-1032)).
+                if db is not None:
+                    db.abandon()
+                if fresh:
+                    for p in (edb_path, edb_path + "-wal", edb_path + "-shm", stm_path):
+                        try:
+                            self.io.unlink(p)
+                        except OSError:
+                            pass
+                if isinstance(e, OSError):
+                    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+                    raise EseError(
+                        errors.DiskFull if full else errors.DiskIO,
+                        f"creating database {edb_path} failed ({e.strerror}); nothing was left "
+                        "behind. " + ("Free space on its disk" if full else "Check the disk")
+                        + ", then create it again.",
+                        path=edb_path,
+                    ) from e
+                raise
         return self.mount(edb_path, stm_path)
 
     def mount(self, edb_path: str, stm_path: str | None = None) -> Database:
@@ -682,6 +716,8 @@ class StorageGroup:
     def _after_commit(self) -> None:
         self._commits += 1
         w = self._writer
+        if w is not None and not w.next_prepared:
+            w.prepare_next()
         if w is not None and w.disk_full and self._dbs:
             self._shutdown_disk_full()
             return

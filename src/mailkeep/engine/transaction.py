@@ -156,10 +156,18 @@ class Transaction:
             self.rollback()
             return log.appended()
         try:
+            records: list[tuple[int, int, bytes]] = []
             for dbid in touched:
-                for chunk in _chunks(self.ops[dbid], log.max_payload):
-                    log.append(OPS, dbid, codec.encode([self.txn_id, chunk]))
-            _s, end = log.append(COMMIT, 0, codec.encode([self.txn_id, touched]))
+                whole = codec.encode([self.txn_id, self.ops[dbid]])
+                if len(whole) <= log.max_payload:
+                    records.append((OPS, dbid, whole))
+                else:
+                    records.extend(
+                        (OPS, dbid, codec.encode([self.txn_id, chunk]))
+                        for chunk in _chunks(self.ops[dbid], log.max_payload)
+                    )
+            records.append((COMMIT, 0, codec.encode([self.txn_id, touched])))
+            _s, end = log.append_many(records)[-1]
         except BaseException:
             self.rollback()
             raise
