@@ -174,21 +174,11 @@ class StorageGroup:
             # Nothing was ever committed to a group whose creation failed: remove what was
             # made, so creating it again works (a half-written E00.log would otherwise be
             # refused by both open (-501) and create (-1032)).
-            for p in (cur, *(os.path.join(config.log_path, n) for n in RESERVE_NAMES),
-                      config.checkpoint_path, config.checkpoint_path + ".tmp"):
-                try:
-                    io.unlink(p)
-                except OSError:
-                    pass
-            if isinstance(e, OSError):
-                full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-                raise EseError(
-                    errors.DiskFull if full else errors.DiskIO,
-                    f"creating storage group {config.name} in {config.log_path} failed "
-                    f"({e.strerror}); nothing was left behind. "
-                    + ("Free space on its disk" if full else "Check the disk") + ", then create it again.",
-                    path=config.log_path,
-                ) from e
+            _undo_creation(
+                io, e, f"storage group {config.name} in {config.log_path}", config.log_path,
+                [cur, *(os.path.join(config.log_path, n) for n in RESERVE_NAMES),
+                 config.checkpoint_path, config.checkpoint_path + ".tmp"],
+            )
             raise
 
     @classmethod
@@ -495,21 +485,8 @@ class StorageGroup:
                 # refused by mount (-1018) and by create_database (-1032)).
                 if db is not None:
                     db.abandon()
-                if fresh:
-                    for p in (edb_path, edb_path + "-wal", edb_path + "-shm", stm_path):
-                        try:
-                            self.io.unlink(p)
-                        except OSError:
-                            pass
-                if isinstance(e, OSError):
-                    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-                    raise EseError(
-                        errors.DiskFull if full else errors.DiskIO,
-                        f"creating database {edb_path} failed ({e.strerror}); nothing was left "
-                        "behind. " + ("Free space on its disk" if full else "Check the disk")
-                        + ", then create it again.",
-                        path=edb_path,
-                    ) from e
+                made = [edb_path, edb_path + "-wal", edb_path + "-shm", stm_path] if fresh else []
+                _undo_creation(self.io, e, f"database {edb_path}", edb_path, made)
                 raise
         return self.mount(edb_path, stm_path)
 
@@ -919,6 +896,24 @@ class StorageGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _undo_creation(io: FileIO, e: BaseException, what: str, path: str, made: list[str]) -> None:
+    """Remove the files of a creation that failed (nothing was ever committed to them, and a
+    half-written file would block creating it again); an I/O failure becomes -1808/-1022."""
+    for p in made:
+        try:
+            io.unlink(p)
+        except OSError:
+            pass
+    if isinstance(e, OSError):
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise EseError(
+            errors.DiskFull if full else errors.DiskIO,
+            f"creating {what} failed ({e.strerror}); nothing was left behind. "
+            + ("Free space on its disk" if full else "Check the disk") + ", then create it again.",
+            path=path,
+        ) from e
 
 
 def generation_path(config: StorageGroupConfig, generation: int) -> str:
