@@ -358,14 +358,19 @@ def test_checkpoint_fsyncs_both_files(paths: tuple[str, str], created: DatabaseH
         d.close()
 
 
-def test_readers_are_per_thread(db: Database) -> None:
+def test_readers_come_from_a_pool(db: Database) -> None:
+    """Each read transaction gets a connection of its own (nested reads in one thread and
+    reads in many threads work); a released connection is reused."""
     mine = db.reader()
-    assert db.reader() is mine
+    nested = db.reader()
+    assert nested is not mine
     other: list[sqlite3.Connection] = []
     t = threading.Thread(target=lambda: other.append(db.reader()))
     t.start()
     t.join()
-    assert other[0] is not mine
+    assert other[0] is not mine and other[0] is not nested
+    db.release_reader(nested)
+    assert db.reader() is nested
     with pytest.raises(sqlite3.OperationalError):
         mine.execute("CREATE TABLE x (y)")  # read-only
 

@@ -198,8 +198,8 @@ class Database:
         self.name = os.path.splitext(os.path.basename(edb_path))[0]
         self.dbid = 0
         self._writer: sqlite3.Connection | None = None
-        self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.specs: dict[str, TableSpec] = {}
         self.header: DatabaseHeader
@@ -239,7 +239,7 @@ class Database:
                 except sqlite3.Error:
                     pass
             self._readers.clear()
-            self._local = threading.local()
+            self._idle.clear()
 
     def close(self) -> None:
         self.close_readers()
@@ -266,15 +266,21 @@ class Database:
         return self._writer
 
     def reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        """A reader connection of its own (from a pool): read transactions may nest in one
+        thread and run in many threads; give it back with :meth:`release_reader`."""
+        with self._readers_lock:
             if self._writer is None:
                 raise EseError(errors.DatabaseNotFound, f"database {self.edb_path} is not open")
+            if self._idle:
+                return self._idle.pop()
             conn = _connect(self.edb_path, readonly=True)
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+            self._readers.append(conn)
+            return conn
+
+    def release_reader(self, conn: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            if conn in self._readers:
+                self._idle.append(conn)
 
     # -- writer transaction ----------------------------------------------------------------
     def begin(self) -> None:

@@ -67,7 +67,9 @@ from mailkeep.eventlog import EventLog
 
 SOURCE = "ESE"
 MAX_DATABASES = 5
-PREFIXES = ("E00", "E01", "E02", "E03", "R00")
+# E00-E03: storage groups; R00: the recovery storage group; EDB: the directory database
+# (Active Directory's own ESE instance uses edb.log / edb.chk, as the guide's DC table shows).
+PREFIXES = ("E00", "E01", "E02", "E03", "R00", "EDB")
 
 
 @dataclass

@@ -280,6 +280,7 @@ class ReadTransaction:
         w = sg._log_writer()
         w.wait_durable(w.appended())
         self._conns: dict[int, Any] = {}
+        self._owners: dict[int, Database] = {}
 
     def _conn(self, db: Database) -> Any:
         self.sg._check_mounted(db)
@@ -288,6 +289,7 @@ class ReadTransaction:
             c = db.reader()
             c.execute("BEGIN")
             self._conns[db.dbid] = c
+            self._owners[db.dbid] = db
             try:  # the snapshot starts at the first read, not at BEGIN
                 c.execute("SELECT applied_lsn FROM _header").fetchone()
             except sqlite3.Error as e:
@@ -309,11 +311,12 @@ class ReadTransaction:
         return StreamReader(db, off, length, digest)
 
     def close(self) -> None:
-        for c in self._conns.values():
+        for dbid, c in self._conns.items():
             try:
                 c.execute("COMMIT")
             except Exception:  # noqa: BLE001 - the database may have been dismounted
-                pass
+                continue
+            self._owners[dbid].release_reader(c)
         self._conns.clear()
 
     def __enter__(self) -> ReadTransaction:
