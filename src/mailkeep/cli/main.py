@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mailkeep.cli import eseutil
 
         return eseutil.main(args[1:], data=data_dir(data))
+    if args and args[0].lower() == "ldifde":
+        from mailkeep.cli import ldifde
+
+        return ldifde.main(args[1:], data=data_dir(data))
     parser = argparse.ArgumentParser(
         prog="mailkeep",
         description="Mailkeep: a mail server whose data survives disasters.",
@@ -39,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", help="data folder (default $MAILKEEP_DATA, else ./mailkeep-data)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("eseutil", help="database utilities: /mh /ml /mk /r (Exchange-style switches)")
+    sub.add_parser("ldifde", help="LDIF export/import of the directory (LDIFDE switches: -f -i -d -r -l)")
+    from mailkeep.cli import directory_tools
+
+    directory_tools.add_parsers(sub)
     ev = sub.add_parser("events", help="show the application event log")
     ev.add_argument("--source")
     ev.add_argument("--id", type=int)
@@ -48,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(args)
     if data is None:
         data = ns.data
+    if ns.command in ("setup", "user", "mailbox", "directory"):
+        return directory_tools.main(ns, data=data_dir(data))
     if ns.command == "events":
         from mailkeep.cli import events
 

@@ -1,0 +1,178 @@
+"""`mailkeep setup`, `user ...`, `mailbox rehome`, `directory audit-master-sid`: thin layers
+over mailkeep.directory (setup, directory, tasks)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import uuid
+from typing import Any
+
+from mailkeep.directory import rus, sid, tasks
+from mailkeep.directory.backend import DirectoryError, Entry
+from mailkeep.directory.directory import Directory
+from mailkeep.directory.setup import initialize, open_directory
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("setup", help="create the data folder's directory (organization, administrative group, server)")
+    s.add_argument("--domain", required=True, help="DNS domain, e.g. contoso.com")
+    s.add_argument("--org", default="First Organization")
+    s.add_argument("--admin-group", default="First Administrative Group")
+    s.add_argument("--server", default=os.uname().nodename.split(".")[0])
+
+    u = sub.add_parser("user", help="users: add, list, show, disable, enable, mailbox tasks")
+    us = u.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = us.add_parser("add")
+    a.add_argument("name")
+    a.add_argument("--password", help="the password (prompted for when omitted and a terminal is attached)")
+    a.add_argument("--display-name")
+    a.add_argument("--disabled", action="store_true")
+    us.add_parser("list").add_argument("--json", action="store_true")
+    sh = us.add_parser("show")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true")
+    for name in ("disable", "enable", "delete-mailbox", "remove-exchange-attributes"):
+        us.add_parser(name).add_argument("name")
+    me = us.add_parser("mailbox-enable")
+    me.add_argument("name")
+    me.add_argument("--db", required=True, help="the mailbox database: its DN, or SERVER/SG/DB")
+    me.add_argument("--nickname")
+    us.add_parser("rus", help="run the Recipient Update Service on demand")
+
+    m = sub.add_parser("mailbox", help="mailbox tasks (directory side)")
+    ms = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = ms.add_parser("rehome", help="the guide's re-home script: move users' homeMDB/homeMTA/msExchHomeServerName")
+    for side in ("from", "to"):
+        r.add_argument(f"--{side}", required=True, metavar="ORG/ADMINGROUP/SERVER/SG/DB",
+                       help=f"{'old' if side == 'from' else 'new'} location, e.g. Organization/AG1/Exchange1/SG1/DB1")
+    r.add_argument("--mta-server", help="server whose MTA becomes homeMTA (default: the new server)")
+    r.add_argument("--trial", action="store_true", help="show what would change; change nothing")
+
+    dr = sub.add_parser("directory", help="directory checks")
+    ds = dr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    au = ds.add_parser("audit-master-sid", help="find (and with --fix correct) msExchMasterAccountSid problems")
+    au.add_argument("--fix", action="store_true")
+    au.add_argument("--log", default="NoMAS.log", help="log of problems found and changes made (appended)")
+
+
+def _location(text: str) -> tasks.Location:
+    parts = [p for p in text.split("/")]
+    if len(parts) != 5 or not all(parts):
+        raise DirectoryError("other", f"{text!r}: give ORGANIZATION/ADMINGROUP/SERVER/STORAGEGROUP/DATABASE")
+    return tasks.Location(*parts)
+
+
+def _show(e: Entry) -> dict[str, Any]:
+    out: dict[str, Any] = {"dn": e.dn}
+    for k, values in sorted(e.attrs.items()):
+        if k.lower() == "passwordhash":
+            continue
+        shown: list[str | int] = []
+        for v in values:
+            if isinstance(v, bytes):
+                if k.lower() in ("objectguid", "msexchmailboxguid") and len(v) == 16:
+                    shown.append(str(uuid.UUID(bytes_le=v)))
+                elif k.lower() in ("objectsid", "msexchmastersccountsid", "msexchmasteraccountsid"):
+                    try:
+                        shown.append(sid.to_text(v))
+                    except ValueError:
+                        shown.append(v.hex())
+                else:
+                    shown.append(v.hex())
+            else:
+                shown.append(v)
+        out[k] = shown if len(shown) != 1 else shown[0]
+    return out
+
+
+def _db_dn(d: Directory, text: str) -> str:
+    if "=" in text:
+        return text
+    parts = text.split("/")
+    if len(parts) != 3:
+        raise DirectoryError("other", f"--db {text!r}: give the database DN or SERVER/STORAGEGROUP/DATABASE")
+    server, sg, db = parts
+    found = list(d.search(d.exchange_dn, f"(&(objectCategory=msExchExchangeServer)(cn={server}))"))
+    if not found:
+        raise DirectoryError("noSuchObject", f"no server {server!r} in the directory")
+    return f"CN={db},CN={sg},CN=InformationStore,{found[0].dn}"
+
+
+def main(ns: argparse.Namespace, *, data: str) -> int:
+    out = sys.stdout
+    try:
+        if ns.command == "setup":
+            d = initialize(data, ns.domain, organization=ns.org, admin_group=ns.admin_group, server=ns.server)
+            print(f"Directory of {d.domain} ready in {data}", file=out)
+            print(f"  organization {ns.org}, administrative group {ns.admin_group}, server {ns.server}", file=out)
+            print(f"  server object: {d.server_dn(ns.org, ns.admin_group, ns.server)}", file=out)
+            d.close()
+            return 0
+        d = open_directory(data)
+        try:
+            return _run(d, ns, out)
+        finally:
+            d.close()
+    except DirectoryError as e:
+        print(f"mailkeep {ns.command}: {e}", file=out)
+        return 1
+
+
+def _run(d: Directory, ns: argparse.Namespace, out: Any) -> int:
+    if ns.command == "user":
+        act = ns.action
+        if act == "add":
+            pw = ns.password
+            if pw is None and sys.stdin.isatty():
+                pw = getpass.getpass(f"Password for {ns.name}: ")
+            e = d.add_user(ns.name, password_text=pw, display_name=ns.display_name, disabled=ns.disabled)
+            print(f"Added user {e.dn}", file=out)
+        elif act == "list":
+            users = sorted(d.users(), key=lambda e: str(e.text("sAMAccountName")).lower())
+            if ns.json:
+                print(json.dumps([_show(u) for u in users], indent=2), file=out)
+            for u in [] if ns.json else users:
+                state = "disabled" if d.is_disabled(u) else "enabled"
+                print(f"{u.text('sAMAccountName'):<20} {state:<9} {u.text('homeMDB') or '(no mailbox)'}", file=out)
+        elif act == "show":
+            shown = _show(d.require_user(ns.name))
+            if ns.json:
+                print(json.dumps(shown, indent=2), file=out)
+            else:
+                for k, v in shown.items():
+                    print(f"{k}: {v}", file=out)
+        elif act in ("disable", "enable"):
+            e = d.set_disabled(ns.name, act == "disable")
+            print(f"{e.dn}: {'disabled' if d.is_disabled(e) else 'enabled'}", file=out)
+        elif act == "mailbox-enable":
+            e = tasks.mailbox_enable(d, ns.name, _db_dn(d, ns.db), nickname=ns.nickname)
+            print(f"{e.dn}: mailbox-enabled on {e.text('homeMDB')} (mail {e.text('mail')})", file=out)
+        elif act == "delete-mailbox":
+            e = tasks.delete_mailbox(d, ns.name)
+            print(f"{e.dn}: mailbox attributes removed; the mailbox will be marked Disconnected", file=out)
+        elif act == "remove-exchange-attributes":
+            e = tasks.remove_exchange_attributes(d, ns.name)
+            print(f"{e.dn}: Exchange attributes removed (the store was not contacted)", file=out)
+        elif act == "rus":
+            changed = rus.run(d)
+            print(f"Recipient Update Service: {len(changed)} user(s) completed", file=out)
+            for dn in changed:
+                print(f"  {dn}", file=out)
+        return 0
+    if ns.command == "mailbox" and ns.action == "rehome":
+        rep = tasks.rehome(d, _location(ns.__dict__["from"]), _location(ns.to), mta_server=ns.mta_server,
+                           trial=ns.trial)
+        for line in rep.log:
+            print(line, file=out)
+        return 1 if rep.failed else 0
+    if ns.command == "directory" and ns.action == "audit-master-sid":
+        audit = tasks.audit_master_sid(d, fix=ns.fix, log_path=ns.log)
+        for line in audit.log:
+            print(line, file=out)
+        print(f"Log written to {ns.log}", file=out)
+        return 0
+    return 2
