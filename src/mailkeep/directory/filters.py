@@ -335,6 +335,13 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _KEYSTRING_RE = re.compile(r"[A-Za-z0-9-]*")
 _DIGITS_RE = re.compile(r"[0-9]*")
 _VALUE_RUN_RE = re.compile(r"[^()*\\\x00\ud800-\udfff]+")
+_DNATTRS_RE = re.compile(r":[dD][nN]:")
+
+
+def _scan(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """The end of the (possibly empty) run of ``pattern`` at ``pos``."""
+    m = pattern.match(text, pos)
+    return pos if m is None else m.end()
 
 
 def parse(text: str) -> Filter:
@@ -451,16 +458,16 @@ class _Parser:
         start = self.pos
         c = self.peek()
         if c in _ALPHA:
-            self.pos = _KEYSTRING_RE.match(self.text, self.pos + 1).end()  # type: ignore[union-attr]
+            self.pos = _scan(_KEYSTRING_RE, self.text, self.pos + 1)
         elif c in _DIGITS:
             self.numericoid()
         else:
             self.fail(label)
         while self.peek() == ";":
             self.pos += 1
-            if self.peek() not in _KEYCHARS or self.peek() == "":
+            if self.peek() not in _KEYCHARS:
                 self.fail("attribute option")
-            self.pos = _KEYSTRING_RE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            self.pos = _scan(_KEYSTRING_RE, self.text, self.pos)
         return self.text[start : self.pos]
 
     def numericoid(self) -> None:
@@ -474,18 +481,18 @@ class _Parser:
     def number(self) -> None:
         start = self.pos
         c = self.peek()
-        if c == "" or c not in _DIGITS:
+        if c not in _DIGITS:
             self.fail("digit")
-        self.pos = _DIGITS_RE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+        self.pos = _scan(_DIGITS_RE, self.text, self.pos)
         if c == "0" and self.pos - start > 1:
             self.fail("a number without leading zeros", start)
 
     def rule(self) -> str:
         start = self.pos
         c = self.peek()
-        if c != "" and c in _ALPHA:
-            self.pos = _KEYSTRING_RE.match(self.text, self.pos + 1).end()  # type: ignore[union-attr]
-        elif c != "" and c in _DIGITS:
+        if c in _ALPHA:
+            self.pos = _scan(_KEYSTRING_RE, self.text, self.pos + 1)
+        elif c in _DIGITS:
             self.numericoid()
         else:
             self.fail("matching rule")
@@ -496,7 +503,7 @@ class _Parser:
 
     def extensible(self, attr: str | None) -> Filter:
         """``attr [:dn] [:rule] := value`` with the cursor on the first ':'."""
-        dn_attrs = self.text[self.pos : self.pos + 4].lower() == ":dn:"
+        dn_attrs = _DNATTRS_RE.match(self.text, self.pos) is not None
         if dn_attrs:
             self.pos += 3
         rule = None
@@ -740,13 +747,14 @@ class _Entry:
 def _entry_values(container: object) -> list[EntryValue]:
     if container is None:
         return []
-    if isinstance(container, str | bytes | int | bytearray | memoryview):
-        items: list[object] = [container]
-    else:
-        try:
-            items = list(container)  # type: ignore[call-overload]
-        except Exception:
-            return []
+    items: list[object] = []
+    try:
+        if isinstance(container, str | bytes | int | bytearray | memoryview):
+            items.append(container)
+        elif isinstance(container, Iterable):
+            items.extend(container)
+    except Exception:
+        return []
     out: list[EntryValue] = []
     for v in items:
         try:
@@ -805,9 +813,12 @@ class _Assertion:
     __slots__ = ("category", "dn", "folded", "integer", "raw", "squashed", "text")
 
     def __init__(self, value: Value, attr: str | None = None) -> None:
-        self.text = value if isinstance(value, str) else None
-        self.raw = value if isinstance(value, bytes) else value.encode("utf-8")
-        self.folded = self.squashed = self.dn = self.category = None
+        self.text: str | None = value if isinstance(value, str) else None
+        self.raw: bytes = value if isinstance(value, bytes) else value.encode("utf-8")
+        self.folded: str | None = None
+        self.squashed: str | None = None
+        self.dn: str | None = None
+        self.category: str | None = None
         self.integer: int | None = None
         if self.text is not None:
             self.folded = self.text.casefold()
@@ -853,21 +864,18 @@ def _equality(stored: EntryValue, a: _Assertion, approx: bool = False) -> _Truth
 
 
 def _ordering(stored: EntryValue, a: _Assertion, ge: bool) -> _Truth:
-    left: int | str | bytes | None
-    right: int | str | bytes | None
     if isinstance(stored, bytes) or a.text is None:
-        left, right = _as_bytes(stored), a.raw
-    elif isinstance(stored, int):
-        left, right = stored, a.integer
-    else:
-        number = _decimal(stored)
-        if number is not None and a.integer is not None:
-            left, right = number, a.integer
-        else:
-            left, right = stored.casefold(), a.folded
-    if left is None or right is None:
-        return None
-    return left >= right if ge else left <= right  # type: ignore[operator]
+        data = _as_bytes(stored)
+        return None if data is None else (data >= a.raw if ge else data <= a.raw)
+    if isinstance(stored, int):
+        if a.integer is None:
+            return None
+        return stored >= a.integer if ge else stored <= a.integer
+    number = _decimal(stored)
+    if number is not None and a.integer is not None:
+        return number >= a.integer if ge else number <= a.integer
+    folded, asserted = stored.casefold(), a.text.casefold()
+    return folded >= asserted if ge else folded <= asserted
 
 
 def _substring_match(s: AnyStr, initial: AnyStr | None, middle: Sequence[AnyStr], final: AnyStr | None) -> bool:
@@ -892,14 +900,13 @@ def _substring(f: Substring, values: Sequence[EntryValue]) -> _Truth:
     def raw(v: Value | None) -> bytes | None:
         return None if v is None else v if isinstance(v, bytes) else v.encode("utf-8")
 
+    def fold(v: Value | None) -> str | None:
+        return v.casefold() if isinstance(v, str) else None
+
     raw_pieces = (raw(f.initial), tuple(raw(p) or b"" for p in f.any), raw(f.final))
     text_pieces: tuple[str | None, tuple[str, ...], str | None] | None = None
-    if all(isinstance(p, str) for p in (f.initial or "", *f.any, f.final or "")):
-        text_pieces = (
-            None if f.initial is None else str(f.initial).casefold(),
-            tuple(str(p).casefold() for p in f.any),
-            None if f.final is None else str(f.final).casefold(),
-        )
+    if not any(isinstance(p, bytes) for p in (f.initial, *f.any, f.final)):
+        text_pieces = (fold(f.initial), tuple(fold(p) or "" for p in f.any), fold(f.final))
     for stored in values:
         text = None if isinstance(stored, bytes) or text_pieces is None else _as_text(stored)
         if text is not None and text_pieces is not None:
