@@ -212,8 +212,8 @@ class Not:
 
 
 @dataclass(frozen=True, slots=True)
-class Equal:
-    """``(attr=value)``."""
+class _AttrValue:
+    """An attribute compared with one value (=, >=, <=, ~=): the checks they share."""
 
     attr: str
     value: Value
@@ -221,6 +221,11 @@ class Equal:
     def __post_init__(self) -> None:
         object.__setattr__(self, "attr", _check_attr(self.attr))
         object.__setattr__(self, "value", _check_value(self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class Equal(_AttrValue):
+    """``(attr=value)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,39 +267,18 @@ class Substring:
 
 
 @dataclass(frozen=True, slots=True)
-class GreaterOrEqual:
+class GreaterOrEqual(_AttrValue):
     """``(attr>=value)``."""
 
-    attr: str
-    value: Value
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "attr", _check_attr(self.attr))
-        object.__setattr__(self, "value", _check_value(self.value))
-
 
 @dataclass(frozen=True, slots=True)
-class LessOrEqual:
+class LessOrEqual(_AttrValue):
     """``(attr<=value)``."""
 
-    attr: str
-    value: Value
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "attr", _check_attr(self.attr))
-        object.__setattr__(self, "value", _check_value(self.value))
-
 
 @dataclass(frozen=True, slots=True)
-class Approx:
+class Approx(_AttrValue):
     """``(attr~=value)``."""
-
-    attr: str
-    value: Value
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "attr", _check_attr(self.attr))
-        object.__setattr__(self, "value", _check_value(self.value))
 
 
 @dataclass(frozen=True, slots=True)
