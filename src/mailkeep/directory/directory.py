@@ -52,13 +52,16 @@ class Directory:
     # -- set-up ----------------------------------------------------------------------------
     def ensure_base(self) -> None:
         """The domain root, CN=Users and the configuration containers (idempotent)."""
-        if self.backend.get(self.domain_dn) is None:
+        root = self.backend.get(self.domain_dn)
+        if root is None:
             label = self.domain.split(".")[0]
             self.backend.add(self.domain_dn, {
                 "objectClass": ["top", "domain", "domainDNS"],
                 "dc": [label],
                 "objectSid": [sid.to_bytes(sid.new_domain_sid())],
             })
+        elif not root.has("objectSid"):  # a root made by an LDAP server's own set-up
+            self.backend.modify(self.domain_dn, [Change("replace", "objectSid", (sid.to_bytes(sid.new_domain_sid()),))])
         for d in (self.users_dn, self.config_dn, self.services_dn,
                   f"CN=Windows NT,{self.services_dn}", self.ds_dn, self.exchange_dn):
             if self.backend.get(d) is None:

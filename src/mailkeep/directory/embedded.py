@@ -25,6 +25,7 @@ from mailkeep.directory.backend import (
     Scope,
     Value,
     apply_changes,
+    check_rdn_kept,
     clean_attrs,
 )
 from mailkeep.directory.filters import Filter, matches
@@ -126,7 +127,9 @@ class EmbeddedBackend:
             for ch in changes:
                 if ch.attr.lower() in ("objectguid", "distinguishedname"):
                     raise DirectoryError("constraintViolation", f"{ch.attr} of {dn} cannot be changed")
-            attrs = apply_changes(codec.decode(row["attrs"]), changes, dn)
+            before = codec.decode(row["attrs"])
+            attrs = apply_changes(before, changes, dn)
+            check_rdn_kept(str(row["dn"]), before, attrs)
             self._put(t, row["guid"], str(row["dn"]), attrs)
 
     def delete(self, dn: str) -> None:
