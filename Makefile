@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint pytest bench serve clean
+.PHONY: test lint pytest bench serve clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Real servers the tests talk to, from Debian's packages: OpenLDAP slapd for the LDAP backend.
+# As root (CI) they are installed when missing; the test harness starts its own instance.
+system-deps:
+	@if [ ! -x /usr/sbin/slapd ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils; \
+	  else echo "slapd is missing: run 'sudo apt-get install slapd ldap-utils' (the LDAP tests need it)"; fi; \
+	fi
+
+pytest: $(STAMP) system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test: lint pytest
