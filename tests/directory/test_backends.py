@@ -18,7 +18,6 @@ from mailkeep.directory import dn as dnmod
 from mailkeep.directory import filters, schema, sid
 from mailkeep.directory.backend import Backend, Change, DirectoryError, Entry, Value
 from mailkeep.directory.directory import Directory
-from mailkeep.directory.embedded import EmbeddedBackend
 from mailkeep.directory.ldap import LdapBackend, ad_classes, server_filter, stored_classes
 from tests.directory.slapd import SlapdInfo
 
@@ -49,32 +48,7 @@ AWKWARD_GUID = b"\x00()*\\\xff\xfe\x80" + bytes(range(0xF8, 0x100))
 SIDS = {n: sid.to_bytes(f"{DOMAIN_SID}-{1100 + n}") for n in range(1, 9)}
 
 
-# -- the two backends ---------------------------------------------------------------------------
-
-def _wipe(b: LdapBackend) -> None:
-    try:
-        found = [e.dn for e in b.search(ROOT, "subtree", filters.parse("(objectClass=*)"), [])]
-    except DirectoryError as e:
-        if e.result != "noSuchObject":
-            raise
-        return
-    for dn in sorted(found, key=lambda d: -len(dnmod.split(d))):
-        b.delete(dn)
-
-
-@pytest.fixture(params=["embedded", "ldap"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b: Backend
-    if request.param == "embedded":
-        b = EmbeddedBackend(str(tmp_path / "dir"))
-    else:
-        url, bind_dn, password, base_dn = request.getfixturevalue("slapd")
-        # a small page size, so that every search here crosses pages
-        ldap = LdapBackend(url, bind_dn, password, base_dn=base_dn, page_size=4)
-        _wipe(ldap)
-        b = ldap
-    yield b
-    b.close()
+# The two backends: the `backend` fixture in tests/directory/conftest.py.
 
 
 def container(b: Backend, dn: str, *classes: str, **attrs: Value) -> None:

@@ -10,17 +10,16 @@ import pytest
 
 from mailkeep.directory import dn as dnmod
 from mailkeep.directory import sid
-from mailkeep.directory.backend import DirectoryError
+from mailkeep.directory.backend import Backend, DirectoryError
 from mailkeep.directory.directory import Directory
-from mailkeep.directory.embedded import EmbeddedBackend
 from mailkeep.directory.setup import initialize, open_directory
 
 DB1 = ("CN=DB1,CN=SG1,CN=InformationStore,CN=Exchange1,CN=Servers,CN=AG1,CN=Administrative Groups,"
        "CN=Organization,CN=Microsoft Exchange,CN=Services,CN=Configuration,DC=contoso,DC=com")
 
 
-def contoso(root: Path) -> Directory:
-    d = Directory(EmbeddedBackend(str(root / "dir")), "contoso.com")
+def contoso(backend: Backend) -> Directory:
+    d = Directory(backend, "contoso.com")
     d.ensure_base()
     server = d.add_server("Organization", "AG1", "Exchange1")
     sg = d.add_storage_group(server.dn, "SG1")
@@ -30,10 +29,8 @@ def contoso(root: Path) -> Directory:
 
 
 @pytest.fixture
-def d(tmp_path: Path):  # type: ignore[no-untyped-def]
-    directory = contoso(tmp_path)
-    yield directory
-    directory.close()
+def d(backend: Backend) -> Directory:
+    return contoso(backend)  # the backend fixture closes it
 
 
 def test_configuration_tree_uses_the_guides_dn_forms(d: Directory) -> None:
@@ -101,11 +98,14 @@ def test_two_accounts_with_one_mailbox_guid_are_refused(d: Directory) -> None:
     assert e.value.result == "constraintViolation" and "only one may be connected" in str(e.value)
 
 
-def test_data_folder_setup_and_reopen(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+def test_no_directory_yet(tmp_path: Path) -> None:
     with pytest.raises(DirectoryError) as e:
-        open_directory(data)
+        open_directory(str(tmp_path / "data"))
     assert "mailkeep setup" in str(e.value)
+
+
+def test_data_folder_setup_and_reopen(data_dir: Path) -> None:
+    data = str(data_dir)
     d = initialize(data, "contoso.com", organization="Organization", admin_group="AG1", server="Exchange1")
     d.add_user("Alice", password_text="pw")
     d.close()

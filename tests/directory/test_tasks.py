@@ -53,8 +53,8 @@ def homes(d: Directory) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def test_mailbox_enable_sets_stage_one_and_rus_completes(tmp_path: Path) -> None:
-    d = populate(tmp_path / "data")
+def test_mailbox_enable_sets_stage_one_and_rus_completes(data_dir: Path) -> None:
+    d = populate(data_dir)
     u = d.require_user("User1")
     assert dnmod.normalize(str(u.text("homeMDB"))) == dnmod.normalize(GUIDE_DB1)
     assert (u.text("homeMTA"), u.text("msExchHomeServerName")) == (MTA1, HS1)
@@ -63,8 +63,8 @@ def test_mailbox_enable_sets_stage_one_and_rus_completes(tmp_path: Path) -> None
     d.close()
 
 
-def test_delete_mailbox_and_remove_exchange_attributes(tmp_path: Path) -> None:
-    d = populate(tmp_path / "data")
+def test_delete_mailbox_and_remove_exchange_attributes(data_dir: Path) -> None:
+    d = populate(data_dir)
     u = tasks.delete_mailbox(d, "User1")
     assert not any(u.has(a) for a in tasks.MAILBOX_ATTRS)
     assert u.text("legacyExchangeDN") == "ADCDisabledMail"
@@ -75,8 +75,8 @@ def test_delete_mailbox_and_remove_exchange_attributes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("trial", [True, False])
-def test_rehome_script(tmp_path: Path, trial: bool) -> None:
-    d = populate(tmp_path / "data")
+def test_rehome_script(data_dir: Path, trial: bool) -> None:
+    d = populate(data_dir)
     before = homes(d)
     old = tasks.Location("Organization", "AG1", "Exchange1", "SG1", "DB1")
     new = tasks.Location("Organization", "AG1", "Exchange2", "SG2", "DB2")
@@ -125,8 +125,8 @@ def to_import(export: str) -> str:
     return body + "\n" if body.endswith("\n-") else body + "\n-\n"
 
 
-def test_guide_ldifde_rehome_procedure(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_guide_ldifde_rehome_procedure(tmp_path: Path, data_dir: Path) -> None:
+    data = data_dir
     populate(data).close()
     # Step 1, typed as the guide prints it (en dashes, curly quotes).
     export = tmp_path / "EXPORT-EXCHANGE1.TXT"
@@ -154,8 +154,8 @@ def test_guide_ldifde_rehome_procedure(tmp_path: Path) -> None:
     d.close()
 
 
-def test_failed_import_reports_what_was_applied(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_failed_import_reports_what_was_applied(tmp_path: Path, data_dir: Path) -> None:
+    data = data_dir
     populate(data).close()
     f = tmp_path / "bad.ldf"
     f.write_text(
@@ -174,8 +174,8 @@ def test_failed_import_reports_what_was_applied(tmp_path: Path) -> None:
     d.close()
 
 
-def test_audit_master_sid_four_cases(tmp_path: Path) -> None:
-    d = populate(tmp_path / "data")
+def test_audit_master_sid_four_cases(tmp_path: Path, data_dir: Path) -> None:
+    d = populate(data_dir)
     # enabled + SID (wrong), enabled without (right), disabled + SID (right), disabled without (wrong)
     tasks.set_associated_external_account(d, d.require_user("User1"), "S-1-5-21-1-2-3-1105")
     d.set_disabled("User2", True)
@@ -206,8 +206,8 @@ def test_audit_master_sid_four_cases(tmp_path: Path) -> None:
     d.close()
 
 
-def test_cli_user_and_audit(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_cli_user_and_audit(tmp_path: Path, data_dir: Path) -> None:
+    data = data_dir
     p = mk("setup", "--domain", "contoso.com", "--org", "Organization", "--admin-group", "AG1", "--server",
            "Exchange1", data=data, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
