@@ -13,7 +13,7 @@ from typing import Any
 
 from mailkeep.directory import rus, sid, tasks
 from mailkeep.directory.backend import DirectoryError, Entry
-from mailkeep.directory.directory import Directory
+from mailkeep.directory.directory import Directory, escape_filter_value
 from mailkeep.directory.setup import initialize, open_directory
 
 
@@ -39,7 +39,7 @@ def add_parsers(sub: Any) -> None:
         us.add_parser(name).add_argument("name")
     me = us.add_parser("mailbox-enable")
     me.add_argument("name")
-    me.add_argument("--db", required=True, help="the mailbox database: its DN, or SERVER/SG/DB")
+    me.add_argument("--db", help="the mailbox database: its name, SERVER/SG/DB or DN (default: the only one)")
     me.add_argument("--nickname")
     us.add_parser("rus", help="run the Recipient Update Service on demand")
 
@@ -89,17 +89,32 @@ def _show(e: Entry) -> dict[str, Any]:
     return out
 
 
-def _db_dn(d: Directory, text: str) -> str:
-    if "=" in text:
+def _db_dn(d: Directory, text: str | None) -> str:
+    """A mailbox database from its DN, SERVER/SG/DB, or its name; without one, the only
+    mailbox database there is."""
+    if text and "=" in text:
         return text
-    parts = text.split("/")
-    if len(parts) != 3:
-        raise DirectoryError("other", f"--db {text!r}: give the database DN or SERVER/STORAGEGROUP/DATABASE")
-    server, sg, db = parts
-    found = list(d.search(d.exchange_dn, f"(&(objectCategory=msExchExchangeServer)(cn={server}))"))
-    if not found:
-        raise DirectoryError("noSuchObject", f"no server {server!r} in the directory")
-    return f"CN={db},CN={sg},CN=InformationStore,{found[0].dn}"
+    if text and "/" in text:
+        parts = text.split("/")
+        if len(parts) != 3:
+            raise DirectoryError("other", f"--db {text!r}: give SERVER/STORAGEGROUP/DATABASE, a name or a DN")
+        server, sg, db = parts
+        flt = f"(&(objectCategory=msExchExchangeServer)(cn={escape_filter_value(server)}))"
+        found = list(d.search(d.exchange_dn, flt))
+        if not found:
+            raise DirectoryError("noSuchObject", f"no server {server!r} in the directory")
+        return f"CN={db},CN={sg},CN=InformationStore,{found[0].dn}"
+    flt = "(objectCategory=msExchPrivateMDB)" if not text else (
+        f"(&(objectCategory=msExchPrivateMDB)(cn={escape_filter_value(text)}))")
+    dbs = list(d.search(d.exchange_dn, flt))
+    if len(dbs) == 1:
+        return dbs[0].dn
+    if not dbs:
+        raise DirectoryError("noSuchObject", f"no mailbox database {text!r}" if text else "no mailbox database exists")
+    raise DirectoryError(
+        "other", f"{len(dbs)} mailbox databases match; choose one with --db SERVER/SG/DB or its DN: "
+        + "; ".join(x.dn for x in dbs),
+    )
 
 
 def main(ns: argparse.Namespace, *, data: str) -> int:
