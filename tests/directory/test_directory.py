@@ -113,3 +113,19 @@ def test_data_folder_setup_and_reopen(data_dir: Path) -> None:
     assert d.authenticate("alice", "pw") is not None
     assert d.get(d.server_dn("Organization", "AG1", "Exchange1")) is not None
     d.close()
+
+
+def test_rus_takes_addresses_from_the_recipient_policy(d: Directory) -> None:
+    policy = f"CN=Default Policy,CN=Recipient Policies,{d.org_dn('Organization')}"
+    assert d.require(policy).get("gatewayProxy") == ["SMTP:@contoso.com"]
+    d.replace(policy, gatewayProxy=["SMTP:@contoso.com", "smtp:@mail.contoso.com"])
+    u = d.replace(d.add_user("Carol").dn, mailNickname="carol", homeMDB=DB1)
+    assert u.text("mail") == "carol@contoso.com"
+    assert u.get("proxyAddresses") == ["SMTP:carol@contoso.com", "smtp:carol@mail.contoso.com"]
+
+
+def test_groups_get_a_sid_and_members(d: Directory) -> None:
+    a = d.add_user("A1")
+    g = d.add_group("Helpdesk", [a.dn])
+    assert sid.to_text(g.first("objectSid")).startswith("S-1-5-21-")  # type: ignore[arg-type]
+    assert [dnmod.normalize(str(m)) for m in g.get("member")] == [dnmod.normalize(a.dn)]

@@ -272,7 +272,38 @@ class Directory:
             self.org_dn(org), ["msExchOrganizationContainer"], objectCategory="msExchOrganizationContainer"
         )
         self._ensure(f"CN=Administrative Groups,{e.dn}", ["msExchAdminGroupContainer"])
+        policies = self._ensure(f"CN=Recipient Policies,{e.dn}", ["msExchRecipientPolicyContainer"])
+        self._ensure(
+            f"CN=Default Policy,{policies.dn}", ["msExchRecipientPolicy"], objectCategory="msExchRecipientPolicy",
+            gatewayProxy=[f"SMTP:@{self.domain}"],
+        )
         return e
+
+    def recipient_policy_addresses(self, org: str | None, nickname: str) -> list[str]:
+        """proxyAddresses from the organization's Default Policy (``SMTP:@contoso.com``
+        makes ``SMTP:nick@contoso.com``; lower-case ``smtp:`` entries become secondary
+        addresses). Without a policy: ``SMTP:nick@<domain>``."""
+        templates: list[str] = []
+        if org:
+            policy = self.get(f"CN=Default Policy,CN=Recipient Policies,{self.org_dn(org)}")
+            templates = [str(v) for v in policy.get("gatewayProxy")] if policy else []
+        out = []
+        for t in templates or [f"SMTP:@{self.domain}"]:
+            kind, _, template = t.partition(":")
+            if kind.upper() == "SMTP" and template.startswith("@"):
+                out.append(f"{kind}:{nickname}{template}")
+        primary = [a for a in out if a.startswith("SMTP:")]
+        return primary[:1] + [a for a in out if not a.startswith("SMTP:")] if primary else out
+
+    def add_group(self, name: str, members: Sequence[str] = (), *, container: str | None = None) -> Entry:
+        """A security group (it gets an objectSid); members are DNs."""
+        return self.add(dnmod.child(container or self.users_dn, "CN", name), {
+            "objectClass": ["top", "group"],
+            "objectCategory": ["group"],
+            "cn": [name],
+            "sAMAccountName": [name],
+            "member": list(members),
+        })
 
     def add_admin_group(self, org: str, admin_group: str) -> Entry:
         self.add_organization(org)

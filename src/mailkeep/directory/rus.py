@@ -66,10 +66,13 @@ def completion(d: Directory, user: Entry) -> list[Change]:
     nick = str(user.text("mailNickname"))
     org, ag = _org_and_group(server.dn if server else None)
     need("legacyExchangeDN", f"/o={org}/ou={ag}/cn=Recipients/cn={nick}" if org else None)
-    mail = f"{nick}@{d.domain}"
-    need("mail", mail)
+    addresses = d.recipient_policy_addresses(org, nick)
+    primary = next((a[5:] for a in addresses if a.startswith("SMTP:")), f"{nick}@{d.domain}")
+    need("mail", primary)
     if not user.has("proxyAddresses"):
-        changes.append(Change("replace", "proxyAddresses", (f"SMTP:{user.text('mail') or mail}",)))
+        mail = user.text("mail") or primary
+        rest = [a for a in addresses if not a.startswith("SMTP:") and a[5:].lower() != mail.lower()]
+        changes.append(Change("replace", "proxyAddresses", (f"SMTP:{mail}", *rest)))
     state = 2 if d.is_disabled(user) else 0  # msExchUserAccountControl follows the account's state
     if user.first("msExchUserAccountControl") != state:
         changes.append(Change("replace", "msExchUserAccountControl", (state,)))

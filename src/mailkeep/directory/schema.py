@@ -71,7 +71,7 @@ _ATTRS = [
     AttributeType("msExchRestore", BOOLEAN),
     AttributeType("msExchMailboxRetentionPeriod", INTEGER),
     AttributeType("msExchOwningServer", DN),
-    AttributeType("msExchRecipientPolicy", single=False),
+    AttributeType("msExchPolicyList", single=False),
     AttributeType("gatewayProxy", single=False),
     AttributeType("networkAddress", single=False),
 ]
