@@ -234,3 +234,10 @@ def test_cli_mailbox_enable_picks_the_database(tmp_path: Path, data_dir: Path) -
     d.close()
     p = mk("user", "mailbox-enable", "bob", "--db", "Exchange2/SG2/DB2", data=data_dir, cwd=tmp_path)
     assert p.returncode == 1 and "already has a mailbox" in p.stdout
+
+
+def test_cli_rehome_with_no_matching_users_exits_1(tmp_path: Path, data_dir: Path) -> None:
+    populate(data_dir).close()
+    p = mk("mailbox", "rehome", "--from", "Organization/AG1/Exchange2/SG9/DB9", "--to",
+           "Organization/AG1/Exchange2/SG2/DB2", data=data_dir, cwd=tmp_path)
+    assert p.returncode == 1 and "No Matching Users. Program Aborted" in p.stdout

@@ -11,6 +11,7 @@ import sys
 import uuid
 from typing import Any
 
+from mailkeep.directory import dn as dnmod
 from mailkeep.directory import rus, sid, tasks
 from mailkeep.directory.backend import DirectoryError, Entry
 from mailkeep.directory.directory import Directory, escape_filter_value
@@ -103,7 +104,7 @@ def _db_dn(d: Directory, text: str | None) -> str:
         found = list(d.search(d.exchange_dn, flt))
         if not found:
             raise DirectoryError("noSuchObject", f"no server {server!r} in the directory")
-        return f"CN={db},CN={sg},CN=InformationStore,{found[0].dn}"
+        return f"CN={dnmod.escape_value(db)},CN={dnmod.escape_value(sg)},CN=InformationStore,{found[0].dn}"
     flt = "(objectCategory=msExchPrivateMDB)" if not text else (
         f"(&(objectCategory=msExchPrivateMDB)(cn={escape_filter_value(text)}))")
     dbs = list(d.search(d.exchange_dn, flt))
@@ -132,8 +133,11 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
             return _run(d, ns, out)
         finally:
             d.close()
-    except DirectoryError as e:
+    except (DirectoryError, ValueError) as e:  # ValueError: a malformed DN or value given on the command line
         print(f"mailkeep {ns.command}: {e}", file=out)
+        return 1
+    except OSError as e:  # e.g. the audit's --log file cannot be written (nothing was changed then)
+        print(f"mailkeep {ns.command}: {e.filename or ''}: {e.strerror or e}", file=out)
         return 1
 
 
@@ -183,7 +187,7 @@ def _run(d: Directory, ns: argparse.Namespace, out: Any) -> int:
                            trial=ns.trial)
         for line in rep.log:
             print(line, file=out)
-        return 1 if rep.failed else 0
+        return 1 if rep.failed or not rep.matched else 0  # the script quits with 1 on no match
     if ns.command == "directory" and ns.action == "audit-master-sid":
         audit = tasks.audit_master_sid(d, fix=ns.fix, log_path=ns.log)
         for line in audit.log:

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailkeep.directory import ldifde
+from mailkeep.directory import dn as dnmod
+from mailkeep.directory import filters, ldifde
 from mailkeep.directory.backend import SCOPES, DirectoryError, Scope
 from mailkeep.directory.setup import open_directory
 
@@ -96,13 +97,17 @@ def main(argv: Sequence[str], *, data: str) -> int:
         if args.do_import:
             print(f"Importing directory from file \"{args.file}\"", file=out)
             print("Loading entries", file=out)
-            try:
-                f = open(args.file, encoding="utf-8-sig", newline="")
+            try:  # read whole first: a file that is not UTF-8 text fails before any record is applied
+                with open(args.file, encoding="utf-8-sig", newline="") as f:
+                    text = f.read()
             except OSError as e:
                 print(f"ldifde: cannot read {args.file}: {e.strerror}", file=out)
                 return 1
-            with f:
-                rep = ldifde.import_ldif(d, f)
+            except UnicodeDecodeError as e:
+                print(f"ldifde: {args.file} is not UTF-8 text (byte {e.start}: {e.reason}); nothing was imported",
+                      file=out)
+                return 1
+            rep = ldifde.import_ldif(d, text)
             for line, kind, dn in rep.applied:
                 print(f"  line {line}: {kind} {dn}: done", file=out)
             print(f"{len(rep.applied)} entries modified successfully.", file=out)
@@ -115,7 +120,15 @@ def main(argv: Sequence[str], *, data: str) -> int:
         else:
             print(f"Exporting directory to file {args.file}", file=out)
             print("Searching for entries...", file=out)
-            with open(args.file, "w", encoding="utf-8", newline="") as f:
+            filters.parse(args.flt)  # a bad filter fails here, before FILE is created or truncated
+            if args.base:
+                dnmod.split(args.base)
+            try:
+                f = open(args.file, "w", encoding="utf-8", newline="")
+            except OSError as e:
+                print(f"ldifde: cannot write {args.file}: {e.strerror}", file=out)
+                return 1
+            with f:
                 n = ldifde.export(d, f, base=args.base, flt=args.flt, attrs=args.attrs, scope=args.scope)
             print("Writing out entries", file=out)
             print(f"{n} entries exported", file=out)

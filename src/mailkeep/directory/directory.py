@@ -178,9 +178,9 @@ class Directory:
         if "=" in name:
             try:
                 e = self.backend.get(name)
-            except DirectoryError:
+            except (DirectoryError, dnmod.DnError):  # not a DN after all: look it up as a name
                 e = None
-            if e is not None:
+            if e is not None and "user" in {str(c).lower() for c in e.get("objectClass")}:
                 return e
         v = escape_filter_value(name)
         flt = (f"(&(objectCategory=user)(|(sAMAccountName={v})(userPrincipalName={v})(mail={v})"

@@ -46,7 +46,7 @@ class ImportReport:
         return self.failed is None
 
 
-def import_ldif(d: Directory, source: TextIO) -> ImportReport:
+def import_ldif(d: Directory, source: str | TextIO) -> ImportReport:
     rep = ImportReport()
     try:
         for rec in ldif.parse(source):
@@ -69,4 +69,7 @@ def import_ldif(d: Directory, source: TextIO) -> ImportReport:
             rep.applied.append((rec.line, kind, rec.dn))
     except ldif.LdifError as e:
         rep.failed = (e.line, "", str(e))
+    except UnicodeDecodeError as e:  # a stream that turns out not to be UTF-8 part-way
+        after = rep.applied[-1][0] + 1 if rep.applied else 1
+        rep.failed = (after, "", f"the file is not UTF-8 text after line {after}: {e.reason}")
     return rep

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mailkeep.directory.directory import Directory
 
 HOME_ATTRS = ("homeMDB", "homeMTA", "msExchHomeServerName")
+DISABLED_LEGACY_DN = "ADCDisabledMail"  # the legacyExchangeDN Delete Mailbox leaves
 
 
 def is_mailbox_enabled(user: Entry) -> bool:
@@ -54,6 +55,11 @@ def completion(d: Directory, user: Entry) -> list[Change]:
         if value is not None and not user.has(attr):
             changes.append(Change("replace", attr, (value,)))
 
+    nick = str(user.text("mailNickname"))
+    if str(user.text("legacyExchangeDN") or "").lower() == DISABLED_LEGACY_DN.lower():
+        # left by Delete Mailbox: the mailbox-enabled user gets a real legacyExchangeDN again
+        user = Entry(user.dn, {k: v for k, v in user.attrs.items() if k.lower() != "legacyexchangedn"})
+
     server_dn = _server_dn(d, user)
     server = d.get(server_dn) if server_dn else None
     if server is not None:
@@ -63,7 +69,6 @@ def completion(d: Directory, user: Entry) -> list[Change]:
                 need("homeMDB", dbs[0].dn)
         need("homeMTA", f"CN=Microsoft MTA,{server.dn}")
         need("msExchHomeServerName", server.text("legacyExchangeDN"))
-    nick = str(user.text("mailNickname"))
     org, ag = _org_and_group(server.dn if server else None)
     need("legacyExchangeDN", f"/o={org}/ou={ag}/cn=Recipients/cn={nick}" if org else None)
     addresses = d.recipient_policy_addresses(org, nick)

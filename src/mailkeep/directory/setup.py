@@ -42,12 +42,28 @@ def open_directory(data: str, *, events: EventLog | None = None) -> Directory:
     elif cfg["backend"] == "ldap":
         from mailkeep.directory.ldap import LdapBackend
 
-        with open(cfg["password_file"], encoding="utf-8") as f:
-            secret = f.read().strip()
+        missing = [k for k in ("url", "bind_dn", "password_file") if not cfg.get(k)]
+        if missing:
+            raise DirectoryError("other", f"{path}: the ldap backend needs {', '.join(missing)}")
+        secret = _read_secret(str(cfg["password_file"]))
         backend = LdapBackend(cfg["url"], cfg["bind_dn"], secret, base_dn=cfg.get("base_dn"))
     else:
         raise DirectoryError("other", f"{path}: unknown backend {cfg['backend']!r} (embedded or ldap)")
     return Directory(backend, str(cfg["domain"]))
+
+
+def _read_secret(path: str) -> str:
+    """The LDAP bind password, from a file only its owner may read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise DirectoryError(
+                    "insufficientAccessRights",
+                    f"the LDAP password file {path} may be read by others; make it owner-only (chmod 600 {path})",
+                )
+            return f.read().strip()
+    except OSError as e:
+        raise DirectoryError("other", f"cannot read the LDAP password file {path}: {e.strerror}") from e
 
 
 def initialize(

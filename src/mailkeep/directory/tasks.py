@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from mailkeep.directory import dn as dnmod
 from mailkeep.directory import sid
@@ -145,6 +146,7 @@ class RehomeReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    matched: int = 0
 
 
 def rehome(
@@ -173,6 +175,7 @@ def rehome(
                f"CN={dnmod.escape_value(new.admin_group)},CN=Administrative Groups,"
                f"CN={dnmod.escape_value(new.organization)},{d.exchange_dn}")
     users = list(d.search(d.domain_dn, flt))
+    rep.matched = len(users)
     if not users:
         trace("No Matching Users. Program Aborted")
         return rep
@@ -219,9 +222,32 @@ class AuditReport:
     log: list[str] = field(default_factory=list)
 
 
+def _external_account(user: Entry) -> str | None:
+    """The SID the user's mailbox rights name as Associated External Account, if any."""
+    return next((who for who, granted in sorted(mailbox_rights(user).items())
+                 if ASSOCIATED_EXTERNAL_ACCOUNT in granted), None)
+
+
 def audit_master_sid(d: Directory, *, fix: bool = False, log_path: str | None = None) -> AuditReport:
+    """The guide's NoMAS script. The log file is opened (appended to) before anything is
+    looked at or changed, so an unusable log path fails with nothing changed."""
+    log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+    try:
+        return _audit_master_sid(d, fix, log_file)
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+def _audit_master_sid(d: Directory, fix: bool, log_file: TextIO | None) -> AuditReport:
     rep = AuditReport()
-    trace = rep.log.append
+
+    def trace(line: str) -> None:  # written as it happens: a failure part-way still leaves the log of changes
+        rep.log.append(line)
+        if log_file is not None:
+            log_file.write(line + "\n")
+            log_file.flush()
+
     trace(f"msExchMasterAccountSid audit of {d.domain_dn} started {time.strftime('%Y-%m-%d %H:%M:%S')}"
           + (" (fix mode)" if fix else " (report only)"))
     for u in d.search(d.domain_dn, ENABLED_WITH_SID):
@@ -235,14 +261,18 @@ def audit_master_sid(d: Directory, *, fix: bool = False, log_path: str | None = 
         rep.disabled_without_sid.append(u.dn)
         trace(f"DISABLED mailbox account without msExchMasterAccountSid: {u.dn}")
         if fix:
-            set_associated_external_account(d, u, sid.SELF)
+            # the script adds a SELF entry only when no Associated External Account is set;
+            # an existing one is kept, and msExchMasterAccountSid follows it
+            external = _external_account(u)
+            set_associated_external_account(d, u, external or sid.SELF)
             rep.fixed.append(u.dn)
-            trace(f"  set the Associated External Account and msExchMasterAccountSid to SELF ({sid.SELF}) on {u.dn}")
+            if external:
+                trace(f"  set msExchMasterAccountSid to the Associated External Account ({external}) on {u.dn}")
+            else:
+                trace(f"  set the Associated External Account and msExchMasterAccountSid to SELF ({sid.SELF}) "
+                      f"on {u.dn}")
     trace(f"{len(rep.enabled_with_sid)} enabled account(s) with the SID, {len(rep.disabled_without_sid)} disabled "
           f"account(s) without it; {len(rep.fixed)} fixed")
-    if log_path:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write("\n".join(rep.log) + "\n")
     return rep
 
 
