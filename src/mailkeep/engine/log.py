@@ -59,6 +59,7 @@ class LogWriter:
         offset: int,
         flush: int,
         attached: Callable[[], list[AttachedDb]],
+        sealed: bool = True,
     ) -> None:
         self.io = io
         self.log_dir = log_dir
@@ -72,6 +73,13 @@ class LogWriter:
         self._offset = offset
         self._sealed = offset  # end of the last sealed flush in the current generation
         self._flush = flush + 1
+        if not sealed:
+            # The log ends in a flush that was never sealed, so never fsync'd (a crash
+            # interrupted it): continue that flush rather than start a new one after it, or
+            # a sealed next flush would "prove" it durable (logreader) and one of its sectors
+            # lost in a power loss during our first fsync would read as -501.
+            self._flush = flush
+            self._sealed = -1
         self._durable = lsn(header.generation, offset)
         self._flushing = False
         self.failed: EseError | None = None

@@ -76,6 +76,7 @@ class GenerationData:
     end: int  # LSN just past the last valid record (where the next record would go)
     last_flush: int
     torn_bytes: int  # bytes of torn tail ignored (newest generation only)
+    sealed: bool = True  # no record, or the last valid one is a FILL
 
 
 def list_generations(log_dir: str, prefix: str) -> dict[int, str]:
@@ -136,7 +137,8 @@ def scan_generation(path: str, expected_gen: int | None, *, newest: bool) -> Gen
             )
         nz = len(rest) - len(rest.rstrip(b"\0"))
         torn = len(rest) - nz
-    return GenerationData(path, header, records, lsn(gen, pos), last_flush, torn)
+    sealed = not records or records[-1].type == FILL
+    return GenerationData(path, header, records, lsn(gen, pos), last_flush, torn, sealed)
 
 
 def _later_flush(buf: bytes, pos: int, gen: int, damaged: int) -> tuple[int, int] | None:

@@ -6,6 +6,9 @@ Invariants:
   is idempotent, and running it twice (or after a crash during replay) is harmless.
 - A transaction without its COMMIT record is discarded; stream bytes of such a transaction
   may reach the .stm, but nothing references them.
+- STREAM records are written to the .stm whatever the database's ``applied_lsn``: the .stm
+  is not fsync'd with SQLite's WAL, so a power loss can keep a commit in the .edb and lose
+  its stream bytes; rewriting the logged bytes at their offsets (in log order) is harmless.
 - Which file a database id means is learnt from the generation header's attachment list and
   from ATTACH/DETACH records; the caller's ``resolve`` decides how a logged path maps to a
   file (eseutil /d) and whether a missing or mismatched file is an error (-1216) or skipped
@@ -46,6 +49,7 @@ BATCH = 512
 class ReplayResult:
     end: int = 0
     last_flush: int = 0
+    sealed: bool = True  # the last flush ends with its FILL (or the generation has no record)
     torn_bytes: int = 0
     generations: int = 0
     bytes_read: int = 0
@@ -96,7 +100,7 @@ def replay(
                 pending.append((int(txn_id), rec.dbid, ops))
             elif t == STREAM:
                 db = dbmap.get(rec.dbid)
-                if db is not None and rec.end > db.applied_lsn:
+                if db is not None:  # even if applied: the .stm may have lost it (see above)
                     _txn, _sid, off = STREAM_HEAD.unpack_from(rec.payload, 0)
                     db.write_stream_data(off, memoryview(rec.payload)[STREAM_HEAD.size :])
             elif t == COMMIT:
@@ -126,6 +130,7 @@ def replay(
         res.bytes_read += data.end & 0xFFFFFFFF
         res.end = data.end
         res.last_flush = data.last_flush
+        res.sealed = data.sealed
         res.torn_bytes = data.torn_bytes
         if on_generation is not None:
             on_generation(data.header.generation)

@@ -126,6 +126,10 @@ class StorageGroup:
         self._checkpoint_due = False
         self._checkpointing = threading.Lock()
         self._durable_applied: dict[int, int] = {}
+        # Databases dismounted by a failed write (482), still Dirty Shutdown: edb path -> the
+        # position their files hold durably. They hold the checkpoint (and so circular
+        # logging) back until mounted again, or the log they need would be deleted.
+        self._failed_hold: dict[str, int] = {}
         self.signature = ""
         self.last_recovery: dict[str, object] = {}
 
@@ -228,24 +232,35 @@ class StorageGroup:
         cfg = self.config
         cur = os.path.join(cfg.log_path, f"{cfg.prefix}.log")
         tmp = os.path.join(cfg.log_path, tmp_name(cfg.prefix))
-        if not os.path.exists(tmp):
-            return
         if os.path.exists(cur):
-            self.io.unlink(tmp)  # a prepared generation never used
+            if os.path.exists(tmp):
+                self.io.unlink(tmp)  # a prepared generation never used
             return
         numbered = list_generations(cfg.log_path, cfg.prefix)
+        if not numbered:
+            return
         try:
-            h = read_header(tmp)
+            prev = read_header(numbered[max(numbered)])
         except EseError:
             return
-        if numbered and h.generation == max(numbered) + 1:
-            self.io.rename(tmp, cur)
-            self.io.fsync_dir(cfg.log_path)
-            self.events.warning(
-                SOURCE, 470,
-                f"Completed an interrupted log roll-over: {tmp_name(cfg.prefix)} became "
-                f"{cfg.prefix}.log (generation {h.generation}).",
-            )
+        # On a full disk the roll-over's next generation is a reserve log, not E00tmp.log.
+        for name in (tmp_name(cfg.prefix), *RESERVE_NAMES):
+            path = os.path.join(cfg.log_path, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                h = read_header(path)
+            except EseError:
+                continue  # a reserve log not used yet (zeros)
+            if h.generation == max(numbered) + 1 and h.signature == prev.signature:
+                self.io.rename(path, cur)
+                self.io.fsync_dir(cfg.log_path)
+                self.events.warning(
+                    SOURCE, 470,
+                    f"Completed an interrupted log roll-over: {name} became "
+                    f"{cfg.prefix}.log (generation {h.generation}).",
+                )
+                return
 
     def _recover(self, opts: RecoveryOptions) -> None:
         cfg = self.config
@@ -293,7 +308,7 @@ class StorageGroup:
             )
         self._writer = LogWriter(
             self.io, cfg.log_path, cur_header, offset=end_off, flush=res.last_flush,
-            attached=self._attached,
+            attached=self._attached, sealed=res.sealed,
         )
         self._writer.on_roll = self._rolled
         recovered = [db for db in res.attached_at_end.values() if db is not None]
@@ -626,6 +641,7 @@ class StorageGroup:
         db.write_header(h, applied_lsn=end)
         self._make_durable(db)  # Dirty Shutdown is on disk before any transaction touches the file
         self._durable_applied[dbid] = end
+        self._failed_hold.pop(db.edb_path, None)  # recovered and durable again
         self._dbs[dbid] = db
         self.events.info(SOURCE, 326, f"Database {db.edb_path} attached to {self.config.name} (id {dbid}).")
 
@@ -671,7 +687,9 @@ class StorageGroup:
 
     def _database_failed(self, db: Database, e: BaseException) -> None:
         self._dbs.pop(db.dbid, None)
-        self._durable_applied.pop(db.dbid, None)
+        held = self._durable_applied.pop(db.dbid, None)
+        if held is not None:
+            self._failed_hold[db.edb_path] = min(held, self._failed_hold.get(db.edb_path, held))
         db.abandon()
         self.events.error(
             SOURCE, 482,
@@ -751,7 +769,7 @@ class StorageGroup:
         w = self._log_writer()
         if self._frozen:
             return
-        target = min(self._durable_applied.values(), default=w.appended())
+        target = min([*self._durable_applied.values(), *self._failed_hold.values()], default=w.appended())
         if target <= self._chk_lsn:
             return
         self._chk_lsn = target

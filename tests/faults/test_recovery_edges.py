@@ -1,0 +1,180 @@
+"""Recovery edge cases: stream bytes lost behind a durable commit, a failed database under
+circular logging, a crash inside a roll-over into a reserve log, and a crash in an unsealed
+flush followed by a power loss during recovery's first fsync."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from mailkeep.engine import errors
+from mailkeep.engine import logformat as lf
+from mailkeep.engine.errors import EseError
+from mailkeep.engine.fileio import CrashSimIO, FileIO
+from mailkeep.engine.schema import TableSpec
+from mailkeep.engine.storagegroup import StorageGroup
+from tests.conftest import db_paths, make_config
+from tests.faults.test_damage import flushes
+
+T = TableSpec("m", ("id", "x"), ("id",))
+
+
+def test_stream_bytes_lost_behind_a_durable_commit_are_replayed(tmp_path: Path) -> None:
+    """A power loss can keep SQLite's WAL (the commit, applied_lsn past it) and lose the
+    .stm write (neither is fsync'd at commit): replay must rewrite the stream bytes."""
+    cfg = make_config(tmp_path)
+    io = CrashSimIO()
+    sg = StorageGroup.create(cfg, io=io)
+    db = sg.create_database(*db_paths(tmp_path))
+    with sg.begin() as t:
+        t.declare_table(db, T)
+    sg.checkpoint()
+    body = os.urandom(10000)
+    with sg.begin() as t:
+        w = t.create_stream(db)
+        w.write(body)
+        sid = w.close()
+    stm = os.path.abspath(db.stm_path)
+    io.pending = {stm: io.pending[stm]}  # only the .stm writes are lost
+    io.shadows.clear()  # the .edb and its -wal survive as they are
+    sg.crash()
+    io.crash()
+    sg = StorageGroup.open(cfg)
+    try:
+        db = sg.mount(db_paths(tmp_path)[0])
+        with sg.reader() as r:
+            assert r.open_stream(db, sid).readall() == body
+    finally:
+        sg.close()
+
+
+def _failing_commit(*_a: Any, **_k: Any) -> None:
+    raise EseError(errors.DiskIO, "injected: writing the table file failed")
+
+
+def test_failed_database_holds_circular_logs(tmp_path: Path) -> None:
+    """A database dismounted by a failed commit (482) is Dirty Shutdown: circular logging
+    must not delete the generations it needs, power loss or not."""
+    for power_loss in (False, True):
+        root = tmp_path / str(power_loss)
+        cfg = make_config(root, circular_logging=True)
+        io = CrashSimIO()
+        sg = StorageGroup.create(cfg, io=io)
+        a = sg.create_database(*db_paths(root, "a"))
+        b = sg.create_database(*db_paths(root, "b"))
+        with sg.begin() as t:
+            t.declare_table(a, T)
+            t.declare_table(b, T)
+        sg.checkpoint()
+        for i in range(20):
+            with sg.begin() as t:
+                t.put(a, "m", {"id": i, "x": "acked"})
+        a.commit = _failing_commit  # type: ignore[method-assign]
+        try:
+            with sg.begin() as t:
+                t.put(a, "m", {"id": 999, "x": "unknown outcome"})
+        except EseError:
+            pass
+        assert [d.name for d in sg.databases] == ["b"]
+        for i in range(600):
+            with sg.begin() as t:
+                t.put(b, "m", {"id": i, "x": "y" * 100})
+        sg.checkpoint()
+        assert sg.current_generation >= 4
+        if power_loss:
+            sg.crash()
+            io.crash()
+            sg = StorageGroup.open(cfg)
+        try:
+            a = sg.mount(db_paths(root, "a")[0])
+            with sg.reader() as r:
+                acked = [row["id"] for row in r.scan(a, "m") if row["x"] == "acked"]
+            assert acked == list(range(20))
+            sg.checkpoint()  # mounted again: it no longer holds the checkpoint
+            assert sg.checkpoint_depth == 0
+        finally:
+            sg.close()
+
+
+class _DiesBetweenRenames(FileIO):
+    full = False
+
+    def fill_zeros(self, fd: int, start: int, end: int) -> None:
+        if self.full and self._paths.get(fd, "").endswith("E00tmp.log"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().fill_zeros(fd, start, end)
+
+    def rename(self, src: str, dst: str) -> None:
+        if os.path.basename(src) == "res1.log":
+            raise KeyboardInterrupt  # the process dies between the roll-over's two renames
+        super().rename(src, dst)
+
+
+def test_crash_inside_roll_over_into_a_reserve_log_is_completed(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    io = _DiesBetweenRenames()
+    sg = StorageGroup.create(cfg, io=io)
+    db = sg.create_database(*db_paths(tmp_path))
+    with sg.begin() as t:
+        t.declare_table(db, T)
+    for i in range(5):
+        with sg.begin() as t:
+            t.put(db, "m", {"id": i, "x": "acked"})
+    tmp = os.path.join(cfg.log_path, "E00tmp.log")
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+        sg._writer._prepared = False  # type: ignore[union-attr]
+    io.full = True
+    try:
+        sg.roll()
+        raise AssertionError("the roll-over should have died")
+    except KeyboardInterrupt:
+        pass
+    sg.crash()
+    assert not os.path.exists(os.path.join(cfg.log_path, "E00.log"))
+    sg = StorageGroup.open(cfg)
+    try:
+        assert sg.current_generation == 2
+        db = sg.mount(db_paths(tmp_path)[0])
+        with sg.reader() as r:
+            assert [row["id"] for row in r.scan(db, "m")] == list(range(5))
+    finally:
+        sg.close()
+
+
+def test_recovery_continues_an_unsealed_flush(tmp_path: Path) -> None:
+    """A kill in the middle of a flush (never sealed, never fsync'd), then a power loss
+    during recovery's first fsync that loses a sector of that flush: a torn tail, not -501
+    (recovery must not seal a *new* flush after one that was never made durable)."""
+    cfg = make_config(tmp_path)
+    sg = StorageGroup.create(cfg)
+    db = sg.create_database(*db_paths(tmp_path))
+    with sg.begin() as t:
+        t.declare_table(db, T)
+    with sg.begin() as t:
+        t.put(db, "m", {"id": 1, "x": "acked"})
+    t = sg.begin()
+    w = t.create_stream(db)
+    w.write(b"s" * (3 * lf.SECTOR - lf.RECORD.size - lf.STREAM_HEAD.size))  # ends on a sector
+    sg.crash()
+    sg = StorageGroup.open(cfg)  # recovery writes DETACH, then TERM
+    sg.crash()
+    log = os.path.join(cfg.log_path, "E00.log")
+    groups = flushes(log)
+    stream = next(g for g in groups if g[0].type == lf.STREAM)
+    term = groups[-1]
+    assert term[0].type == lf.TERM
+    with open(log, "r+b") as f:  # power loss in the fsync of the DETACH: TERM never written,
+        f.seek((lf.lsn_off(stream[0].pos) // lf.SECTOR + 1) * lf.SECTOR)  # a stream sector lost
+        f.write(bytes(lf.SECTOR))
+        f.seek(lf.lsn_off(term[0].pos))
+        f.write(bytes(lf.lsn_off(term[-1].end) - lf.lsn_off(term[0].pos)))
+    sg = StorageGroup.open(cfg)
+    try:
+        db = sg.mount(db_paths(tmp_path)[0])
+        with sg.reader() as r:
+            assert [row["id"] for row in r.scan(db, "m")] == [1]
+    finally:
+        sg.close()
