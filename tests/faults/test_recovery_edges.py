@@ -178,3 +178,35 @@ def test_recovery_continues_an_unsealed_flush(tmp_path: Path) -> None:
             assert [row["id"] for row in r.scan(db, "m")] == [1]
     finally:
         sg.close()
+
+
+def test_a_failed_checkpoint_after_a_durable_commit_does_not_unacknowledge_it(tmp_path: Path) -> None:
+    """The commit record is fsync'd before the checkpoint that follows it runs: a failure of
+    that checkpoint is reported (event 484, then -510 on the next commit), never raised from
+    the commit() that already succeeded."""
+    import errno as errno_mod
+
+    from mailkeep.engine.fileio import Fault, FileIO
+    from mailkeep.engine.schema import TableSpec
+    from mailkeep.engine.storagegroup import StorageGroup
+    from mailkeep.eventlog import EventLog
+    from tests.conftest import db_paths, make_config
+
+    io = FileIO()
+    events = EventLog()
+    sg = StorageGroup.create(make_config(tmp_path, checkpoint_every=2), io=io, events=events)
+    db = sg.create_database(*db_paths(tmp_path))
+    with sg.begin() as t:  # commit 1
+        t.declare_table(db, TableSpec("m", ("id",), ("id",)))
+    t2 = sg.begin()
+    t2.put(db, "m", {"id": 1})
+    # commit 2 triggers a checkpoint; fail the first fsync after the log's (the database's)
+    io.faults.append(Fault("fsync", io.counts["fsync"] + 2, errno_mod.EIO))
+    t2.commit()  # must not raise: the commit is durable
+    assert [e.id for e in events.recent if e.level == "error"] == [484]
+    sg.crash()
+    sg = StorageGroup.open(make_config(tmp_path))
+    db = sg.mount(db_paths(tmp_path)[0])
+    with sg.reader() as r:
+        assert [row["id"] for row in r.scan(db, "m")] == [1]
+    sg.close()

@@ -184,7 +184,14 @@ class Transaction:
         if failed is not None:
             raise failed
         log.wait_durable(end)
-        sg._after_commit()
+        try:
+            sg._after_commit()
+        except Exception as e:  # noqa: BLE001 - the commit is durable: report, never un-acknowledge it
+            sg.events.error(
+                "ESE", 484,
+                f"A checkpoint after a durable commit failed ({e}). The commit is kept; the storage "
+                "group reports the cause on its next operation.",
+            )
         return end
 
     def rollback(self) -> None:
