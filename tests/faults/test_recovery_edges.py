@@ -210,3 +210,40 @@ def test_a_failed_checkpoint_after_a_durable_commit_does_not_unacknowledge_it(tm
     with sg.reader() as r:
         assert [row["id"] for row in r.scan(db, "m")] == [1]
     sg.close()
+
+
+def test_dismount_with_another_reader_of_the_file_still_makes_the_wal_durable(tmp_path: Path) -> None:
+    """An outside reader (say, an administrator's sqlite3 shell) holds a snapshot, so SQLite
+    cannot fold its WAL into the .edb at dismount: the WAL itself is fsync'd."""
+    import sqlite3
+
+    from mailkeep.engine.fileio import FileIO
+    from mailkeep.engine.schema import TableSpec
+    from mailkeep.engine.storagegroup import StorageGroup
+    from tests.conftest import db_paths, make_config
+
+    class Counting(FileIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.synced: list[str] = []
+
+        def fsync_path(self, path: str) -> None:
+            self.synced.append(path)
+            super().fsync_path(path)
+
+    io = Counting()
+    sg = StorageGroup.create(make_config(tmp_path), io=io)
+    edb, _stm = db_paths(tmp_path)
+    db = sg.create_database(edb)
+    with sg.begin() as t:
+        t.declare_table(db, TableSpec("m", ("id",), ("id",)))
+        t.put(db, "m", {"id": 7})
+    outside = sqlite3.connect(edb)
+    outside.execute("BEGIN")
+    outside.execute("SELECT count(*) FROM _header").fetchone()
+    try:
+        sg.dismount(db)
+    finally:
+        outside.close()
+    assert edb + "-wal" in io.synced
+    sg.close()

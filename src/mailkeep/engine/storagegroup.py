@@ -680,6 +680,13 @@ class StorageGroup:
                 time.sleep(0.02)
             db.close()
             self.io.fsync_path(db.edb_path)
+            wal = db.edb_path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                # Another process kept SQLite from folding its WAL into the .edb: make the
+                # WAL itself durable, so the Clean Shutdown header and every commit in it
+                # survive a power loss (SQLite replays a WAL when the file is opened).
+                self.io.fsync_path(wal)
+                self.io.fsync_dir(os.path.dirname(db.edb_path))
         except OSError as e:
             db.abandon()
             self._stop(e, f"making database {db.edb_path} durable at its detach")
