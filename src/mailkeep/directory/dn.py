@@ -111,12 +111,6 @@ def child(base: str, attr: str, value: str) -> str:
     return join([(attr, value), *split(base)])
 
 
-def is_within(dn: str, base: str) -> bool:
-    """True if ``dn`` is ``base`` or below it."""
-    d, b = split(normalize(dn)), split(normalize(base))
-    return len(d) >= len(b) and d[len(d) - len(b) :] == b if b else True
-
-
 def domain_to_dn(domain: str) -> str:
     """``contoso.com`` -> ``DC=contoso,DC=com``."""
     labels = [x for x in domain.strip(".").split(".") if x]

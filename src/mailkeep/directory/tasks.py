@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -275,6 +274,3 @@ def _audit_master_sid(d: Directory, fix: bool, log_file: TextIO | None) -> Audit
           f"account(s) without it; {len(rep.fixed)} fixed")
     return rep
 
-
-def describe(entries: Iterable[Entry]) -> list[str]:
-    return [e.dn for e in entries]

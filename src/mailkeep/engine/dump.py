@@ -15,7 +15,7 @@ from typing import Any
 
 from mailkeep.engine import checkpoint as chkfile
 from mailkeep.engine import database
-from mailkeep.engine.header import BACKUP_SECTIONS, BackupInfo, Mark
+from mailkeep.engine.header import BACKUP_SECTIONS, BackupInfo, DbState, Mark
 from mailkeep.engine.logformat import (
     SECTOR,
     TYPE_NAMES,
@@ -79,7 +79,7 @@ def dump_database(path: str) -> list[str]:
     h, applied = database.read_header(path)
     stm = os.path.splitext(path)[0] + ".stm"
     stm_size = os.path.getsize(stm) if os.path.exists(stm) else 0
-    dirty = h.state.name != "CLEAN"
+    dirty = h.state != DbState.CLEAN
     low = h.log_required_low if dirty else 0
     high = max(low, lsn_gen(applied)) if dirty else 0
     committed = max(h.log_committed, high) if dirty else 0

@@ -25,6 +25,7 @@ from typing import Any
 from mailkeep.engine import codec, errors
 from mailkeep.engine.database import Database
 from mailkeep.engine.errors import EseError
+from mailkeep.engine.header import DbState
 from mailkeep.engine.logformat import (
     ATTACH,
     COMMIT,
@@ -149,7 +150,7 @@ def _bind(db: Database | None, dbid: int) -> Database | None:
 def check_required(db: Database, start_gen: int) -> None:
     """A dirty database that lacks transactions from before the first generation replayed
     cannot be made consistent by this replay."""
-    if db.applied_lsn < lsn(start_gen, 0) and db.header.state.name != "CLEAN":
+    if db.applied_lsn < lsn(start_gen, 0) and db.header.state != DbState.CLEAN:
         raise EseError(
             errors.RequiredLogFilesMissing,
             f"database {db.edb_path} needs log records from {format_lsn(db.applied_lsn)} on "

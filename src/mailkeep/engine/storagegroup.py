@@ -947,4 +947,4 @@ def generation_path(config: StorageGroupConfig, generation: int) -> str:
     return os.path.join(config.log_path, gen_file_name(config.prefix, generation))
 
 
-__all__ = ["StorageGroup", "StorageGroupConfig", "RecoveryOptions", "errno"]
+__all__ = ["StorageGroup", "StorageGroupConfig", "RecoveryOptions", "generation_path"]
