@@ -247,3 +247,76 @@ def test_dismount_with_another_reader_of_the_file_still_makes_the_wal_durable(tm
         outside.close()
     assert edb + "-wal" in io.synced
     sg.close()
+
+
+def test_a_database_missing_at_open_keeps_its_logs_under_circular_logging(tmp_path: Path) -> None:
+    """A dirty database whose volume is not there when the group opens is skipped (494), but
+    the generations it needs are kept until it comes back, so mounting it then replays every
+    acknowledged transaction; forget_database releases them."""
+    import os
+
+    from mailkeep.engine.logreader import list_generations
+    from mailkeep.engine.schema import TableSpec
+    from mailkeep.engine.storagegroup import StorageGroup
+    from mailkeep.eventlog import EventLog
+    from tests.conftest import db_paths, make_config
+
+    cfg = make_config(tmp_path, circular_logging=True)
+    sg = StorageGroup.create(cfg)
+    edb, stm = db_paths(tmp_path, "away")
+    db = sg.create_database(edb, stm)
+    other = sg.create_database(*db_paths(tmp_path, "here"))
+    with sg.begin() as t:
+        t.declare_table(db, TableSpec("m", ("id", "x"), ("id",)))
+        t.declare_table(other, TableSpec("m", ("id", "x"), ("id",)))
+    for i in range(30):
+        with sg.begin() as t:
+            t.put(db, "m", {"id": i, "x": "v" * 200})
+    sg.crash()
+    os.rename(edb, edb + ".offline")  # the volume is not mounted yet
+    events = EventLog()
+    sg = StorageGroup.open(cfg, events=events)
+    assert 494 in [e.id for e in events.recent]
+    assert os.path.abspath(edb) in sg.held_databases
+    other = sg.mount(db_paths(tmp_path, "here")[0])
+    for i in range(400):  # many generations pass; circular logging may not delete the held ones
+        with sg.begin() as t:
+            t.put(other, "m", {"id": i, "x": "w" * 200})
+    assert min(list_generations(cfg.log_path, "E00")) <= 2
+    os.rename(edb + ".offline", edb)
+    db = sg.mount(edb, stm)
+    with sg.reader() as r:
+        assert [row["id"] for row in r.scan(db, "m")] == list(range(30))
+    assert sg.held_databases == {}
+    sg.close()
+
+
+def test_forget_database_releases_the_held_logs(tmp_path: Path) -> None:
+    import os
+
+    from mailkeep.engine.logreader import list_generations
+    from mailkeep.engine.schema import TableSpec
+    from mailkeep.engine.storagegroup import StorageGroup
+    from tests.conftest import db_paths, make_config
+
+    cfg = make_config(tmp_path, circular_logging=True)
+    sg = StorageGroup.create(cfg)
+    edb, stm = db_paths(tmp_path, "gone")
+    db = sg.create_database(edb, stm)
+    with sg.begin() as t:
+        t.declare_table(db, TableSpec("m", ("id",), ("id",)))
+        t.put(db, "m", {"id": 1})
+    sg.crash()
+    os.unlink(edb)
+    sg = StorageGroup.open(cfg)
+    other = sg.create_database(*db_paths(tmp_path, "new"))
+    with sg.begin() as t:
+        t.declare_table(other, TableSpec("m", ("id", "x"), ("id",)))
+    for i in range(300):
+        with sg.begin() as t:
+            t.put(other, "m", {"id": i, "x": "w" * 200})
+    assert min(list_generations(cfg.log_path, "E00")) == 1
+    assert sg.forget_database(edb) is True
+    sg.checkpoint()
+    assert min(list_generations(cfg.log_path, "E00"), default=sg.current_generation) >= sg.current_generation - 1
+    sg.close()

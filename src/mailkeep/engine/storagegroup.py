@@ -326,7 +326,7 @@ class StorageGroup:
             self._detach_clean(db)
         self._writer.append(TERM, 0, b"")
         self._writer.flush()
-        self._chk_lsn = self._writer.appended()
+        self._chk_lsn = min([self._writer.appended(), *self._failed_hold.values()])
         self._write_checkpoint()
         try:
             create_reserve_logs(self.io, cfg.log_path, cur_header.file_size)
@@ -389,7 +389,15 @@ class StorageGroup:
             )
             if not opts.ignore_missing:
                 raise EseError(errors.AttachedDatabaseMismatch, msg, path=edb)
-            self.events.warning(SOURCE, 494, msg.split(". Put")[0] + "; skipped.")
+            # It may come back (a volume not mounted yet): keep the log it needs until it is
+            # mounted again or an administrator says it is gone (forget_database).
+            key = os.path.abspath(edb)
+            self._failed_hold[key] = min(lsn(start_gen, HEADER_SIZE), self._failed_hold.get(key, 1 << 62))
+            self.events.warning(
+                SOURCE, 494,
+                msg.split(". Put")[0] + "; skipped. Its logs are kept until it is mounted again (or "
+                "forgotten with StorageGroup.forget_database).",
+            )
 
         if not os.path.exists(edb):
             mismatch("is missing")
@@ -644,6 +652,24 @@ class StorageGroup:
         self._failed_hold.pop(db.edb_path, None)  # recovered and durable again
         self._dbs[dbid] = db
         self.events.info(SOURCE, 326, f"Database {db.edb_path} attached to {self.config.name} (id {dbid}).")
+
+    def forget_database(self, edb_path: str) -> bool:
+        """An administrator's word that a missing or failed database is gone for good: its
+        logs no longer hold the checkpoint (circular logging may then delete them)."""
+        with self._write_lock:
+            held = self._failed_hold.pop(os.path.abspath(edb_path), None)
+            if held is None:
+                return False
+            self.events.warning(
+                SOURCE, 495, f"{edb_path} was forgotten: the log it needed is no longer kept for it."
+            )
+            self._advance_checkpoint()
+            return True
+
+    @property
+    def held_databases(self) -> dict[str, int]:
+        """Databases that hold the checkpoint without being mounted: path -> log position."""
+        return dict(self._failed_hold)
 
     def dismount(self, db: Database) -> None:
         with self._write_lock:
