@@ -320,3 +320,36 @@ def test_forget_database_releases_the_held_logs(tmp_path: Path) -> None:
     sg.checkpoint()
     assert min(list_generations(cfg.log_path, "E00"), default=sg.current_generation) >= sg.current_generation - 1
     sg.close()
+
+
+def test_a_database_detached_in_the_log_but_dirty_on_disk_is_made_clean_at_open(tmp_path: Path) -> None:
+    """A crash between a dismount's DETACH record and its Clean Shutdown header: opening the
+    group replays the database up to the DETACH and marks it Clean, so it mounts anywhere."""
+    from mailkeep.engine.database import read_header
+    from mailkeep.engine.header import DbState
+    from mailkeep.engine.logformat import DETACH
+    from mailkeep.engine.schema import TableSpec
+    from mailkeep.engine.storagegroup import StorageGroup
+    from tests.conftest import db_paths, make_config
+
+    cfg = make_config(tmp_path)
+    sg = StorageGroup.create(cfg)
+    edb, stm = db_paths(tmp_path)
+    db = sg.create_database(edb, stm)
+    with sg.begin() as t:
+        t.declare_table(db, TableSpec("m", ("id",), ("id",)))
+    for i in range(5):
+        with sg.begin() as t:
+            t.put(db, "m", {"id": i})
+    w = sg._log_writer()
+    w.wait_durable(w.append(DETACH, db.dbid, b"")[1])  # the dismount's first step, then a kill
+    sg.crash()
+    assert read_header(edb)[0].state == DbState.DIRTY
+    sg = StorageGroup.open(cfg)
+    assert read_header(edb)[0].state == DbState.CLEAN
+    sg.close()
+    other = StorageGroup.create(make_config(tmp_path / "elsewhere"))  # a clean database moves freely
+    db = other.mount(edb, stm)
+    with other.reader() as r:
+        assert [row["id"] for row in r.scan(db, "m")] == [0, 1, 2, 3, 4]
+    other.close()

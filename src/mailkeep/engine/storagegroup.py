@@ -287,6 +287,16 @@ class StorageGroup:
             raise
         for db in opened.values():
             if db not in res.attached_at_end.values():
+                if db.header.state == DbState.DIRTY:
+                    # Detached in the log (its DETACH record, or its id taken by a later
+                    # ATTACH after it failed) but its header never said so: every record
+                    # that concerns it has been replayed, so it is consistent now.
+                    h = db.header.copy()
+                    h.transition(DbState.CLEAN)
+                    h.log_required_low = 0
+                    h.last_consistent = Mark(db.applied_lsn, time.time())
+                    db.write_header(h)
+                    self._make_durable(db)
                 db.close()
         self._txn_counter = max(time.time_ns(), res.max_txn_id + 1)
         # The writer continues where the valid log ends; a torn tail is zeroed first so no
