@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import commit
+import directory
 import recovery
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,7 +140,7 @@ def fsync_probe(seconds: float = 1.0) -> dict[str, float]:
 
 # -- report --------------------------------------------------------------------------------
 def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[str, Any], r: dict[str, Any],
-                    minutes: float) -> str:
+                    minutes: float, dl: dict[str, Any]) -> str:
     probe = ", ".join(f"median {p['median_us']:.0f} µs / p90 {p['p90_us']:.0f} µs" for p in probes)
     return "\n".join([
         BEGIN,
@@ -161,6 +162,10 @@ def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[s
         f"### Soft recovery ({recovery.LOG_SIZE // 1024} KiB generations, page cache dropped before each open)",
         "",
         recovery.markdown(r),
+        "",
+        "### Directory lookups (embedded backend; one user by `mail`)",
+        "",
+        directory.markdown(dl),
         END,
     ])
 
@@ -195,12 +200,15 @@ def main() -> int:
     c = commit.measure(log=log)
     log("soft recovery (bench/recovery.py)")
     r = recovery.measure(log=log)
+    log("directory lookups (bench/directory.py)")
+    dl = directory.measure(log=log)
     probes.append(fsync_probe())
     minutes = (time.perf_counter() - t0) / 60
-    section = results_section(m, probes, c, r, minutes)
+    section = results_section(m, probes, c, r, minutes, dl)
     rewrite_readme(section)
     with open(os.path.join(OUT, "results.json"), "w") as f:
-        json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "minutes": minutes}, f,
+        json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "directory": dl,
+                   "minutes": minutes}, f,
                   indent=1, default=str)
     log(section)
     log(f"bench/README.md rewritten ({minutes:.1f} min)")

@@ -13,11 +13,13 @@ an entry with children cannot be deleted; every change is one engine transaction
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mailkeep.directory import dn as dnmod
+from mailkeep.directory import schema
 from mailkeep.directory.backend import (
     Change,
     DirectoryError,
@@ -28,7 +30,7 @@ from mailkeep.directory.backend import (
     check_rdn_kept,
     clean_attrs,
 )
-from mailkeep.directory.filters import Filter, matches
+from mailkeep.directory.filters import And, Equal, Filter, Or, matches, normalize_dn
 from mailkeep.engine import codec
 from mailkeep.engine.database import Database
 from mailkeep.engine.schema import TableSpec
@@ -42,7 +44,69 @@ OBJECTS = TableSpec(
     ("guid",),
     {"by_path": ("path",), "by_parent": ("parent", "path")},
 )
+ATTRINDEX = TableSpec(
+    "attrindex",
+    ("attr", "value", "guid"),
+    ("attr", "value", "guid"),
+    {"by_guid": ("guid",)},
+)
+# Equality lookups the server makes on every logon and delivery. Only attributes whose
+# equality the filters module decides by case-folding (strings) or exact bytes (binary) are
+# indexed, so the index finds exactly what a scan would (the filter is still applied).
+INDEXED = {
+    a.lower(): a for a in (
+        "sAMAccountName", "userPrincipalName", "mail", "mailNickname", "proxyAddresses",
+        "legacyExchangeDN", "msExchMailboxGUID", "objectGUID", "objectSid",
+    )
+}
 LOG_SIZE = 1024 * 1024
+DECIMAL = re.compile(r"-?[0-9]{1,4000}")  # as mailkeep.directory.filters decides "a decimal integer"
+
+
+def index_key(attr: str, value: Value | str) -> str | None:
+    """The index form of one value (None: not indexable, so never planned on)."""
+    if schema.attribute(attr).syntax == schema.BINARY:
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        return "b:" + raw.hex()
+    if isinstance(value, bytes):
+        return None
+    text = str(value)
+    if DECIMAL.fullmatch(text):  # the filters compare decimal integers numerically
+        return "i:" + str(int(text))
+    return "s:" + text.casefold()
+
+
+def _looks_like_dn(text: str) -> bool:
+    try:
+        normalize_dn(text)
+    except ValueError:
+        return False
+    return True
+
+
+def plan(f: Filter) -> list[tuple[str, str]] | None:
+    """Index keys whose objects include every match of ``f`` (None: cannot tell: scan)."""
+    if isinstance(f, Equal):
+        canon = INDEXED.get(f.attr.lower())
+        if canon is None or (isinstance(f.value, str) and _looks_like_dn(f.value)):
+            return None  # two DNs compare as DNs (spaces, escapes), not as folded text: scan
+        key = index_key(canon, f.value)
+        return [(canon, key)] if key is not None else None
+    if isinstance(f, And):
+        for item in f.items:
+            keys = plan(item)
+            if keys is not None:
+                return keys
+        return None
+    if isinstance(f, Or):
+        out: list[tuple[str, str]] = []
+        for item in f.items:
+            keys = plan(item)
+            if keys is None:
+                return None
+            out.extend(keys)
+        return out
+    return None
 
 
 def _path(dn: str) -> str:
@@ -71,8 +135,13 @@ class EmbeddedBackend:
         else:
             self.sg = StorageGroup.create(cfg, events=events)
             self.db = self.sg.create_database(edb)
+        rebuild = "attrindex" not in self.db.specs
         with self.sg.begin() as t:
             t.declare_table(self.db, OBJECTS)
+            t.declare_table(self.db, ATTRINDEX)
+            if rebuild:  # a directory from before the index existed
+                for row in list(t.scan(self.db, "objects")):
+                    self._index(t, row["guid"], codec.decode(row["attrs"]))
 
     # -- helpers ---------------------------------------------------------------------------
     def _row(self, t: Any, dn: str) -> dict[str, Any] | None:
@@ -97,6 +166,20 @@ class EmbeddedBackend:
             "dn": dn,
             "attrs": codec.encode(attrs),
         })
+        self._index(t, guid, attrs)
+
+    def _index(self, t: Transaction, guid: bytes, attrs: Mapping[str, Sequence[Value]] | None) -> None:
+        """Replace the index rows of one object (``attrs`` None: it was deleted)."""
+        for row in list(t.scan(self.db, "attrindex", index="by_guid", prefix=(guid,))):
+            t.delete(self.db, "attrindex", (row["attr"], row["value"], guid))
+        for name, values in (attrs or {}).items():
+            canon = INDEXED.get(name.lower())
+            if canon is None:
+                continue
+            for v in values:
+                key = index_key(canon, v)
+                if key is not None:
+                    t.put(self.db, "attrindex", {"attr": canon, "value": key, "guid": guid})
 
     # -- Backend ---------------------------------------------------------------------------
     def add(self, dn: str, attrs: Mapping[str, Sequence[Value]]) -> None:
@@ -140,6 +223,7 @@ class EmbeddedBackend:
             if list(t.scan(self.db, "objects", index="by_parent", prefix=(row["path"],), limit=1)):
                 raise DirectoryError("notAllowedOnNonLeaf", f"{dn} has child objects; delete them first")
             t.delete(self.db, "objects", (row["guid"],))
+            self._index(t, row["guid"], None)
 
     def rename(self, dn: str, new_rdn: str, new_parent: str | None = None) -> str:
         parent = dnmod.parent(dn) if new_parent is None else new_parent
@@ -187,8 +271,11 @@ class EmbeddedBackend:
         with self.sg.reader() as r:
             if base and not list(r.scan(self.db, "objects", index="by_path", prefix=(base_path,), limit=1)):
                 raise DirectoryError("noSuchObject", f"search base {base} does not exist")
-            if scope == "base":
-                rows: Iterator[dict[str, Any]] = r.scan(self.db, "objects", index="by_path", prefix=(base_path,))
+            keys = plan(flt) if scope != "base" else None
+            if keys is not None:
+                rows: Iterator[dict[str, Any]] = self._indexed_rows(r, keys, base_path, scope)
+            elif scope == "base":
+                rows = r.scan(self.db, "objects", index="by_path", prefix=(base_path,))
             elif scope == "one":
                 rows = r.scan(self.db, "objects", index="by_parent", prefix=(base_path,))
             else:
@@ -197,6 +284,27 @@ class EmbeddedBackend:
                 entry = self._entry(row)
                 if matches(flt, entry.attrs):
                     yield self._entry(row, attrs) if attrs is not None else entry
+
+    def _indexed_rows(
+        self, r: Any, keys: list[tuple[str, str]], base_path: str, scope: Scope
+    ) -> Iterator[dict[str, Any]]:
+        """The objects the index names for ``keys``, in scope, each once, in path order."""
+        guids: set[bytes] = set()
+        for attr, key in keys:
+            guids.update(x["guid"] for x in r.scan(self.db, "attrindex", prefix=(attr, key)))
+        rows = []
+        for g in guids:
+            row = r.get(self.db, "objects", (g,))
+            if row is None:
+                continue
+            p = row["path"]
+            in_scope = (
+                row["parent"] == base_path if scope == "one"
+                else not base_path or p == base_path or p.startswith(base_path + ",")
+            )
+            if in_scope:
+                rows.append(row)
+        return iter(sorted(rows, key=lambda x: x["path"]))
 
     def close(self) -> None:
         self.sg.close()
