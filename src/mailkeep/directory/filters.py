@@ -166,7 +166,7 @@ def _depth_of(node: Filter) -> int:
     return node._depth if isinstance(node, And | Or | Not) else 1
 
 
-def _set_depth(node: And | Or | Not, children: tuple[Filter, ...]) -> None:
+def _set_depth(node: _Composite | Not, children: tuple[Filter, ...]) -> None:
     depth = 1 + max(_depth_of(c) for c in children)
     if depth > MAX_DEPTH:
         raise ValueError(f"filter nested {depth} levels deep; at most {MAX_DEPTH} are allowed")
@@ -174,29 +174,26 @@ def _set_depth(node: And | Or | Not, children: tuple[Filter, ...]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class And:
-    """``(&(a)(b)...)``: at least one filter."""
+class _Composite:
+    """A list of at least one filter (& and |): the checks they share."""
 
     items: tuple[Filter, ...]
     _depth: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        items = _check_items(self.items, "And")
+        items = _check_items(self.items, type(self).__name__)
         object.__setattr__(self, "items", items)
         _set_depth(self, items)
 
 
 @dataclass(frozen=True, slots=True)
-class Or:
+class And(_Composite):
+    """``(&(a)(b)...)``: at least one filter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Or(_Composite):
     """``(|(a)(b)...)``: at least one filter."""
-
-    items: tuple[Filter, ...]
-    _depth: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        items = _check_items(self.items, "Or")
-        object.__setattr__(self, "items", items)
-        _set_depth(self, items)
 
 
 @dataclass(frozen=True, slots=True)
