@@ -27,7 +27,7 @@ FILTERS = st.recursive(
     ),
     max_leaves=5,
 )
-ENTRIES = st.lists(st.dictionaries(ATTRS, st.lists(VALUES, min_size=1, max_size=2, unique=True), max_size=3),
+ENTRIES = st.lists(st.dictionaries(ATTRS, st.lists(VALUES, min_size=1, max_size=2, unique_by=str.casefold), max_size=3),
                    min_size=1, max_size=6)
 
 
