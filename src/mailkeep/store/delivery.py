@@ -1,0 +1,241 @@
+"""Delivery: raw RFC 5322 bytes and envelope recipients into mailboxes.
+
+Invariants:
+- A delivery to the recipients of one database is one engine transaction: the content is
+  streamed once into that database's ``.stm`` (single instance: one content row whose
+  reference count is the number of recipients there) and every recipient's Inbox row is
+  written; :func:`deliver` returns only after that transaction is durable, so "delivered"
+  in its report may be acknowledged to a sender (SMTP 250, exit 0 of ``mailkeep deliver``).
+- Each recipient gets its own outcome: delivered, unknown (permanent), or a temporary
+  failure (dismounted database, mailbox in transit that cannot be rerouted here, ...).
+- A recipient whose mailbox is in the tombstone table is rerouted once to the home the
+  directory names now (the guide: "the server then tries to reroute the message").
+- A source that cannot seek is spooled (to the data folder, in chunks) when more than one
+  database needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from mailkeep.directory.backend import DirectoryError
+from mailkeep.engine.errors import EseError
+from mailkeep.store import content, folders, mailboxes
+from mailkeep.store.errors import (
+    MAPI_E_CALL_FAILED,
+    StoreError,
+    ecMailboxInTransit,
+    ecUnknownUser,
+)
+from mailkeep.store.mailboxes import Owner
+from mailkeep.store.server import DatabaseInfo
+
+if TYPE_CHECKING:
+    from mailkeep.store.store import Store
+
+DELIVERED, UNKNOWN, TEMPORARY = "delivered", "unknown", "temporary"
+
+
+@dataclass
+class Outcome:
+    recipient: str
+    status: str
+    code: int = 0
+    message: str = ""
+    database: str = ""
+    mailbox: str = ""
+    uid: int = 0
+    new_home: str | None = None
+
+    @property
+    def code_name(self) -> str:
+        from mailkeep.store.errors import CODES
+
+        return CODES.get(self.code, "") if self.code else ""
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def delivered(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == DELIVERED]
+
+    def of(self, recipient: str) -> Outcome:
+        return next(o for o in self.outcomes if o.recipient == recipient)
+
+
+@dataclass
+class Target:
+    """A recipient resolved to a mailbox of a database of this server."""
+
+    recipient: str
+    info: DatabaseInfo
+    guid: str
+    owner: Owner
+
+
+def deliver(store: Store, source: IO[bytes] | content.Readable, recipients: list[str], *, sender: str = "") -> Report:
+    report = Report()
+    targets: dict[str, list[Target]] = {}
+    for rcpt in recipients:
+        try:
+            t = resolve(store, rcpt)
+        except StoreError as e:
+            report.outcomes.append(_failed(rcpt, e))
+            continue
+        except DirectoryError as e:
+            report.outcomes.append(Outcome(rcpt, TEMPORARY, MAPI_E_CALL_FAILED, f"directory unavailable: {e}"))
+            continue
+        targets.setdefault(str(t.info.guid), []).append(t)
+    with _Spool(source, store.server.data, len(targets) > 1) as spool:
+        pending = list(targets.values())
+        rerouted: set[str] = set()
+        while pending:
+            group = pending.pop(0)
+            done = deliver_to_database(store, group[0].info, spool.open(), group, sender=sender)
+            for o in done:
+                t = next(x for x in group if x.recipient == o.recipient)
+                if o.code == ecMailboxInTransit and t.recipient not in rerouted:
+                    again = _reroute(store, t)
+                    if again is not None:
+                        rerouted.add(t.recipient)
+                        pending.append([again])
+                        spool.ensure_reusable()
+                        continue
+                report.outcomes.append(o)
+    order = {r: i for i, r in enumerate(recipients)}
+    report.outcomes.sort(key=lambda o: order.get(o.recipient, 0))
+    return report
+
+
+def resolve(store: Store, rcpt: str) -> Target:
+    user = mailboxes.find_recipient(store.directory, rcpt)
+    if user is None:
+        raise StoreError(ecUnknownUser, f"no mailbox-enabled account has the address {rcpt}")
+    info, guid = mailboxes.home(store, user)
+    return Target(rcpt, info, guid, Owner.of(user))
+
+
+def _reroute(store: Store, t: Target) -> Target | None:
+    """After ecMailboxInTransit: the home the directory names now, if it is elsewhere here."""
+    try:
+        again = resolve(store, t.recipient)
+    except (StoreError, DirectoryError):
+        return None
+    return again if again.info.guid != t.info.guid else None
+
+
+def deliver_to_database(
+    store: Store, info: DatabaseInfo, source: content.Readable, targets: list[Target], *, sender: str = "",
+) -> list[Outcome]:
+    """One durable transaction for every target in ``info``. A tombstoned mailbox gets
+    ecMailboxInTransit with its new home; nothing is rerouted here."""
+    out: list[Outcome] = []
+    try:
+        store.handle(info)
+    except StoreError as e:
+        return [_failed(t.recipient, e) for t in targets]
+    now = store.clock()
+    placed: list[tuple[Target, int]] = []
+    try:
+        with store.write(info) as (txn, db):
+            ok: dict[str, Target] = {}
+            firsts: list[Target] = []
+            for t in targets:
+                if t.guid in ok:
+                    firsts.append(t)  # the same mailbox twice: one copy
+                    continue
+                try:
+                    mailboxes.ensure_mailbox(txn, db, t.guid, t.owner, now, events=store.events, info=info)
+                except StoreError as e:
+                    out.append(_failed(t.recipient, e))
+                    continue
+                ok[t.guid] = t
+            if ok:
+                stored = content.store_message(txn, db, source, envelope_from=sender)
+                cid = folders.add_content(txn, db, stored.stream, stored.size, stored.sha256, len(ok), now)
+                uids: dict[str, int] = {}
+                for guid in ok:
+                    fid = special_fid(txn, db, guid, "inbox", now)
+                    uids[guid] = folders.insert_message(txn, db, guid, fid, cid, stored.meta, internal_date=now)
+                placed = [(t, uids[t.guid]) for t in [*ok.values(), *firsts] if t.guid in uids]
+    except (StoreError, EseError) as e:  # rolled back: nobody in this database got it
+        err = e if isinstance(e, StoreError) else StoreError(MAPI_E_CALL_FAILED, f"{info.path_name}: {e}")
+        done = {o.recipient for o in out}
+        return out + [_failed(t.recipient, err) for t in targets if t.recipient not in done]
+    for t, uid in placed:
+        out.append(Outcome(t.recipient, DELIVERED, 0, "delivered", info.path_name, t.guid, uid))
+    return out
+
+
+def special_fid(txn: Any, db: Any, guid: str, special: str, now: float) -> int:
+    """The folder with this role; a missing standard folder is created again (never lose mail)."""
+    for row in txn.scan(db, "folder", prefix=(guid,)):
+        if row["special"] == special:
+            return int(row["fid"])
+    from mailkeep.store.schema import ROOT_FID, STANDARD_FOLDERS
+
+    name = dict(STANDARD_FOLDERS)[special]
+    existing = folders.find_child(txn, db, guid, ROOT_FID, name)
+    if existing is not None:
+        txn.update(db, "folder", (guid, existing["fid"]), {"special": special})
+        return int(existing["fid"])
+    return folders.new_folder(txn, db, guid, ROOT_FID, name, now, special=special)
+
+
+def _failed(rcpt: str, e: StoreError) -> Outcome:
+    status = UNKNOWN if e.code == ecUnknownUser else TEMPORARY
+    return Outcome(rcpt, status, e.code, e.message, new_home=e.new_home)
+
+
+class _Spool:
+    """The message source, re-readable when more than one database needs it."""
+
+    def __init__(self, source: Any, data: str, reuse: bool) -> None:
+        self.source = source
+        self.data = data
+        self.file: IO[bytes] | None = None
+        self.used = False
+        self.seekable = False
+        self.start = 0
+        if reuse:
+            self.ensure_reusable()
+
+    def ensure_reusable(self) -> None:
+        if self.file is not None or self.seekable:
+            return
+        seekable = getattr(self.source, "seekable", None)
+        if callable(seekable) and seekable():
+            self.seekable = True
+            self.start = self.source.tell()
+            return
+        if self.used:
+            raise StoreError(MAPI_E_CALL_FAILED, "the message cannot be read a second time to reroute it; resend it")
+        tmp = os.path.join(self.data, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=tmp)  # noqa: SIM115 - closed in __exit__
+        shutil.copyfileobj(self.source, self.file, content.CHUNK)
+
+    def open(self) -> Any:
+        if self.file is not None:
+            self.file.seek(0)
+            return self.file
+        if self.used:
+            if not self.seekable:
+                raise StoreError(MAPI_E_CALL_FAILED, "the message cannot be read a second time; resend it")
+            self.source.seek(self.start)
+        self.used = True
+        return self.source
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
