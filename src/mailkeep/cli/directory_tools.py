@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 import uuid
 from typing import Any
@@ -15,16 +14,10 @@ from mailkeep.directory import dn as dnmod
 from mailkeep.directory import rus, sid, tasks
 from mailkeep.directory.backend import DirectoryError, Entry
 from mailkeep.directory.directory import Directory, escape_filter_value
-from mailkeep.directory.setup import initialize, open_directory
+from mailkeep.directory.setup import open_directory
 
 
 def add_parsers(sub: Any) -> None:
-    s = sub.add_parser("setup", help="create the data folder's directory (organization, administrative group, server)")
-    s.add_argument("--domain", required=True, help="DNS domain, e.g. contoso.com")
-    s.add_argument("--org", default="First Organization")
-    s.add_argument("--admin-group", default="First Administrative Group")
-    s.add_argument("--server", default=os.uname().nodename.split(".")[0])
-
     u = sub.add_parser("user", help="users: add, list, show, disable, enable, mailbox tasks")
     us = u.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = us.add_parser("add")
@@ -44,8 +37,14 @@ def add_parsers(sub: Any) -> None:
     me.add_argument("--nickname")
     us.add_parser("rus", help="run the Recipient Update Service on demand")
 
-    m = sub.add_parser("mailbox", help="mailbox tasks (directory side)")
-    ms = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dr = sub.add_parser("directory", help="directory checks")
+    ds = dr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    au = ds.add_parser("audit-master-sid", help="find (and with --fix correct) msExchMasterAccountSid problems")
+    au.add_argument("--fix", action="store_true")
+    au.add_argument("--log", default="NoMAS.log", help="log of problems found and changes made (appended)")
+
+
+def add_rehome_parser(ms: Any) -> None:
     r = ms.add_parser("rehome", help="the guide's re-home script: move users' homeMDB/homeMTA/msExchHomeServerName")
     for side in ("from", "to"):
         r.add_argument(f"--{side}", required=True, metavar="ORG/ADMINGROUP/SERVER/SG/DB",
@@ -53,11 +52,13 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--mta-server", help="server whose MTA becomes homeMTA (default: the new server)")
     r.add_argument("--trial", action="store_true", help="show what would change; change nothing")
 
-    dr = sub.add_parser("directory", help="directory checks")
-    ds = dr.add_subparsers(dest="action", required=True, metavar="ACTION")
-    au = ds.add_parser("audit-master-sid", help="find (and with --fix correct) msExchMasterAccountSid problems")
-    au.add_argument("--fix", action="store_true")
-    au.add_argument("--log", default="NoMAS.log", help="log of problems found and changes made (appended)")
+
+def rehome(d: Directory, ns: argparse.Namespace, out: Any) -> int:
+    rep = tasks.rehome(d, _location(ns.__dict__["from"]), _location(ns.to), mta_server=ns.mta_server,
+                       trial=ns.trial)
+    for line in rep.log:
+        print(line, file=out)
+    return 1 if rep.failed or not rep.matched else 0  # the script quits with 1 on no match
 
 
 def _location(text: str) -> tasks.Location:
@@ -121,13 +122,6 @@ def _db_dn(d: Directory, text: str | None) -> str:
 def main(ns: argparse.Namespace, *, data: str) -> int:
     out = sys.stdout
     try:
-        if ns.command == "setup":
-            d = initialize(data, ns.domain, organization=ns.org, admin_group=ns.admin_group, server=ns.server)
-            print(f"Directory of {d.domain} ready in {data}", file=out)
-            print(f"  organization {ns.org}, administrative group {ns.admin_group}, server {ns.server}", file=out)
-            print(f"  server object: {d.server_dn(ns.org, ns.admin_group, ns.server)}", file=out)
-            d.close()
-            return 0
         d = open_directory(data)
         try:
             return _run(d, ns, out)
@@ -182,12 +176,6 @@ def _run(d: Directory, ns: argparse.Namespace, out: Any) -> int:
             for dn in changed:
                 print(f"  {dn}", file=out)
         return 0
-    if ns.command == "mailbox" and ns.action == "rehome":
-        rep = tasks.rehome(d, _location(ns.__dict__["from"]), _location(ns.to), mta_server=ns.mta_server,
-                           trial=ns.trial)
-        for line in rep.log:
-            print(line, file=out)
-        return 1 if rep.failed or not rep.matched else 0  # the script quits with 1 on no match
     if ns.command == "directory" and ns.action == "audit-master-sid":
         audit = tasks.audit_master_sid(d, fix=ns.fix, log_path=ns.log)
         for line in audit.log:

@@ -31,6 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mailkeep.cli import eseutil
 
         return eseutil.main(args[1:], data=data_dir(data))
+    if args and args[0].lower() == "isinteg":
+        from mailkeep.cli import isinteg
+
+        return isinteg.main(args[1:], data=data_dir(data))
+    if args and args[0].lower() == "deliver":
+        from mailkeep.cli import deliver
+
+        return deliver.main(args[1:], data=data_dir(data))
     if args and args[0].lower() == "ldifde":
         from mailkeep.cli import ldifde
 
@@ -44,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("eseutil", help="database utilities: /mh /ml /mk /r (Exchange-style switches)")
     sub.add_parser("ldifde", help="LDIF export/import of the directory (LDIFDE switches: -f -i -d -r -l)")
-    from mailkeep.cli import directory_tools
+    sub.add_parser("isinteg", help="logical integrity checks: -db NAME [-fix] -test alltests|TEST,...")
+    sub.add_parser("deliver", help="local delivery agent: deliver [-f SENDER] RECIPIENT... < MESSAGE")
+    from mailkeep.cli import directory_tools, store_tools
 
+    store_tools.add_parsers(sub)
     directory_tools.add_parsers(sub)
     ev = sub.add_parser("events", help="show the application event log")
     ev.add_argument("--source")
@@ -56,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(args)
     if data is None:
         data = ns.data
-    if ns.command in ("setup", "user", "mailbox", "directory"):
+    if ns.command in store_tools.COMMANDS:
+        return store_tools.main(ns, data=data_dir(data))
+    if ns.command in ("user", "directory"):
         return directory_tools.main(ns, data=data_dir(data))
     if ns.command == "events":
         from mailkeep.cli import events
