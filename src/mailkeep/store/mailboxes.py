@@ -76,17 +76,18 @@ def guid_bytes(text: str) -> bytes:
 
 
 def find_recipient(d: Directory, address: str) -> Entry | None:
-    """The account an SMTP address belongs to (proxyAddresses, mail, or the account name)."""
+    """The account an SMTP address belongs to (proxyAddresses, mail; a bare name or an
+    address in the directory's own domain also matches the account name)."""
     addr = address.strip().strip("<>")
     if not addr:
         return None
     v = escape_filter_value(addr)
     flt = f"(&(objectCategory=user)(|(proxyAddresses=smtp:{v})(mail={v})))"
     found = list(d.search(d.domain_dn, flt))
-    if not found and "@" in addr:
-        local, _, domain = addr.rpartition("@")
-        if domain.lower() == d.domain:
-            found = [e for e in [d.find_user(local)] if e is not None]
+    if not found:  # a bare local part (an MTA's ${user}) or a local account name
+        local, at, domain = addr.rpartition("@")
+        if not at or domain.lower() == d.domain:
+            found = [e for e in [d.find_user(local if at else addr)] if e is not None]
     if len(found) > 1:
         raise StoreError(ecLoginFailure, f"{addr} belongs to {len(found)} accounts; make it unique in the directory")
     return found[0] if found else None

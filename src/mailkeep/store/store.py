@@ -65,6 +65,8 @@ class Store:
 
     @classmethod
     def open(cls, data: str, *, directory: Directory | None = None, **kw: object) -> Store:
+        if not os.path.exists(Server.state_path(data)):
+            raise ConfigError(f"{data} holds no server yet: run 'mailkeep setup --domain DNS-NAME' first")
         events = kw.pop("events", None) or EventLog(os.path.join(data, "events.jsonl"))
         own = directory is None
         d = directory or open_directory(data, events=events)  # type: ignore[arg-type]
