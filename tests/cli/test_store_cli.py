@@ -82,7 +82,8 @@ def test_deliver_exit_codes_follow_sysexits(data: Path) -> None:
 
 
 def test_deliver_stores_crlf_and_the_envelope_sender(data: Path) -> None:
-    assert mk(data, "deliver", "-f", "<bounce@example.org>", "alice", stdin=msg("<7@x>", "line1\nline2\n")).returncode == 0
+    p = mk(data, "deliver", "-f", "<bounce@example.org>", "alice", stdin=msg("<7@x>", "line1\nline2\n"))
+    assert p.returncode == 0
     with Store.open(str(data)) as s:
         s.mount_intended()
         mb = open_mailbox(s, "alice")
