@@ -276,7 +276,7 @@ def _mailbox(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
         print(f"{'Mailbox GUID':<37} {'Display name':<22} {'State':<13} {'Items':>6} {'Size':>10}  Database",
               file=out)
         for m in rows:
-            state = m.state + (" (tombstoned)" if m.tombstoned else "")
+            state = m.state + (" (tombstoned)" if m.tombstoned and m.state != "tombstoned" else "")
             print(f"{m.guid:<37} {m.display_name[:22]:<22} {state:<13} {m.messages:>6} {m.size:>10}  {m.database}",
                   file=out)
         return 0

@@ -93,6 +93,13 @@ def list_mailboxes(store: Store, db: str | None = None, *, disconnected: bool = 
                     mb["owner_dn"] or "", mb["legacy_dn"] or "", mb["account"] or "", mb["owner_guid"] or "",
                     n, size, mb["last_logon"], mb["disconnected_at"], mb["guid"] in tombs,
                 ))
+            if not disconnected:  # tombstones whose mailbox is gone (moved away, or purged)
+                listed = {m.guid for m in out if m.database == info.path_name}
+                for t in r.scan(d, "tombstone"):
+                    if t["guid"] not in listed:
+                        where = f"(moved to {dnmod.rdn(t['new_home'])[1]})" if t["new_home"] else "(system attendant)"
+                        out.append(MailboxEntry(t["guid"], info.path_name, t["reason"], "tombstoned", where, "", "",
+                                                "", "", 0, 0, None, None, True))
     return sorted(out, key=lambda m: (m.database, m.display_name.lower(), m.guid))
 
 
