@@ -2,11 +2,16 @@
 
 An MTA (Postfix ``pipe``, Exim ``pipe`` transport) hands Mailkeep one message on standard
 input. Exit codes follow sysexits.h, which those MTAs understand:
-0 delivered to every recipient (durable before the exit), 67 EX_NOUSER (an unknown
-recipient, nothing temporary), 75 EX_TEMPFAIL (retry later: dismounted database, storage
-group busy, directory unreachable, disk full), 78 EX_CONFIG (no server in the data folder),
-64 EX_USAGE. With several recipients a temporary failure for one makes the MTA retry all,
-so configure one recipient per delivery (Postfix: ``mailkeep_destination_recipient_limit = 1``).
+
+- 0: delivered to every recipient (durable before the exit);
+- 67 EX_NOUSER: an unknown recipient (and nothing temporary);
+- 65 EX_DATAERR: the message can never be stored (e.g. empty);
+- 75 EX_TEMPFAIL: retry later (dismounted database, storage group busy, directory
+  unreachable, disk full);
+- 78 EX_CONFIG: no server in the data folder; 64 EX_USAGE: wrong switches.
+
+With several recipients a temporary failure for one makes the MTA retry all, so configure
+one recipient per delivery (Postfix: ``mailkeep_destination_recipient_limit = 1``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from mailkeep.store.errors import StoreError
 from mailkeep.store.server import ConfigError
 from mailkeep.store.store import Store
 
-EX_OK, EX_USAGE, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 64, 67, 75, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 75, 78
 LOCK_WAIT = 30.0  # seconds to wait for a storage group another delivery holds
 
 USAGE = "usage: mailkeep deliver [-f SENDER] RECIPIENT... < MESSAGE"
@@ -88,6 +93,8 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
         return EX_TEMPFAIL
     if any(o.status == delivery.UNKNOWN for o in report.outcomes):
         return EX_NOUSER
+    if any(o.status == delivery.REJECTED for o in report.outcomes):
+        return EX_DATAERR
     return EX_OK
 
 

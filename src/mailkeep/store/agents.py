@@ -73,7 +73,7 @@ class CleanupReport:
 def _mailbox_dbs(store: Store, db: str | None) -> list[DatabaseInfo]:
     if db:
         return [store.server.database(db)]
-    return [m.info for m in list(store.mounted.values()) if not m.info.public]
+    return [info for info in store.mounted_databases() if not info.public]
 
 
 def list_mailboxes(store: Store, db: str | None = None, *, disconnected: bool = False) -> list[MailboxEntry]:
@@ -152,10 +152,10 @@ def cleanup(store: Store, db: str | None = None, *, purge_expired: bool = True) 
                         txn.delete(d, "dumpster", (item["mailbox"], item["did"]))
                         folders.drop_ref(txn, d, item["content"])
                         rep.deleted_items_purged += 1
-        for guid in rep.disconnected:
+        for guid in [g for g, _ in decisions]:
             store.events.info(IS_SOURCE, 9535, f"Mailbox Cleanup Agent: mailbox {guid} in {info.path_name} "
                               "marked Disconnected (no matching directory owner).")
-        for guid in rep.tombstoned:
+        for guid in [g for g, tomb in decisions if tomb]:
             store.events.warning(IS_SOURCE, 9536, f"System attendant mailbox {guid} in {info.path_name} belongs "
                                  "to another server: added to the mailbox tombstone table.")
     return rep
@@ -291,6 +291,10 @@ def _usable(e: Entry, why: str) -> tuple[str | None, str]:
 # -- Move Mailbox ------------------------------------------------------------------------------------
 def move(store: Store, user: str, target: str, *, target_store: Store | None = None) -> DatabaseInfo:
     tstore = target_store or store
+    sa_names = {store.server.system_attendant_dn.lower(), "system attendant", "microsoft system attendant",
+                store.server.system_attendant_legacy_dn.lower()}
+    if user.strip().lower() in sa_names:
+        raise StoreError(MAPI_E_NO_SUPPORT, "Move Mailbox does not apply to system attendant mailboxes")
     entry = store.directory.require_user(user)
     src, guid = mailboxes.home(store, entry)
     dst = tstore.server.database(target)

@@ -74,7 +74,7 @@ class _HeaderReader:
         """First value of each field we keep, unfolded and with RFC 2047 words decoded."""
         out: dict[str, str] = {}
         text = bytes(self.buf).decode("utf-8", "replace")
-        for m in re.finditer(r"^([!-9;-~]+)[ \t]*:(.*(?:\r\n[ \t].*)*)", text, re.M):
+        for m in re.finditer(r"^([!-9;-~]+)[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", text, re.M):
             name = m.group(1).lower()
             if name in ("message-id", "subject", "from") and name not in out:
                 out[name] = _decode(re.sub(r"\r\n([ \t])", r"\1", m.group(2)).strip())

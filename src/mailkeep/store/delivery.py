@@ -6,8 +6,9 @@ Invariants:
   reference count is the number of recipients there) and every recipient's Inbox row is
   written; :func:`deliver` returns only after that transaction is durable, so "delivered"
   in its report may be acknowledged to a sender (SMTP 250, exit 0 of ``mailkeep deliver``).
-- Each recipient gets its own outcome: delivered, unknown (permanent), or a temporary
-  failure (dismounted database, mailbox in transit that cannot be rerouted here, ...).
+- Each recipient gets its own outcome: delivered, unknown (permanent), rejected (the message
+  itself can never be stored, e.g. empty), or a temporary failure (dismounted database,
+  mailbox in transit that cannot be rerouted here, ...).
 - A recipient whose mailbox is in the tombstone table is rerouted once to the home the
   directory names now (the guide: "the server then tries to reroute the message").
 - A source that cannot seek is spooled (to the data folder, in chunks) when more than one
@@ -37,7 +38,7 @@ from mailkeep.store.server import DatabaseInfo
 if TYPE_CHECKING:
     from mailkeep.store.store import Store
 
-DELIVERED, UNKNOWN, TEMPORARY = "delivered", "unknown", "temporary"
+DELIVERED, UNKNOWN, TEMPORARY, REJECTED = "delivered", "unknown", "temporary", "rejected"
 
 
 @dataclass
@@ -93,12 +94,18 @@ def deliver(store: Store, source: IO[bytes] | content.Readable, recipients: list
             report.outcomes.append(Outcome(rcpt, TEMPORARY, MAPI_E_CALL_FAILED, f"directory unavailable: {e}"))
             continue
         targets.setdefault(str(t.info.guid), []).append(t)
-    with _Spool(source, store.server.data, len(targets) > 1) as spool:
+    many = len(targets) > 1 or sum(len(g) for g in targets.values()) > 1  # a reroute may need it again
+    with _Spool(source, store.server.data, many) as spool:
         pending = list(targets.values())
         rerouted: set[str] = set()
         while pending:
             group = pending.pop(0)
-            done = deliver_to_database(store, group[0].info, spool.open(), group, sender=sender)
+            src = spool.open()
+            if src is None:
+                err = StoreError(MAPI_E_CALL_FAILED, "the message could not be read again to reroute it; resend it")
+                report.outcomes.extend(_failed(t.recipient, err) for t in group)
+                continue
+            done = deliver_to_database(store, group[0].info, src, group, sender=sender)
             for o in done:
                 t = next(x for x in group if x.recipient == o.recipient)
                 if o.code == ecMailboxInTransit and t.recipient not in rerouted:
@@ -106,7 +113,6 @@ def deliver(store: Store, source: IO[bytes] | content.Readable, recipients: list
                     if again is not None:
                         rerouted.add(t.recipient)
                         pending.append([again])
-                        spool.ensure_reusable()
                         continue
                 report.outcomes.append(o)
     order = {r: i for i, r in enumerate(recipients)}
@@ -190,47 +196,50 @@ def special_fid(txn: Any, db: Any, guid: str, special: str, now: float) -> int:
 
 
 def _failed(rcpt: str, e: StoreError) -> Outcome:
-    status = UNKNOWN if e.code == ecUnknownUser else TEMPORARY
+    status = UNKNOWN if e.code == ecUnknownUser else TEMPORARY if e.temporary else REJECTED
     return Outcome(rcpt, status, e.code, e.message, new_home=e.new_home)
 
 
+class _Tracked:
+    """A source that knows whether anything was read from it yet."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.touched = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        self.touched = True
+        return bytes(self.source.read(size))
+
+
 class _Spool:
-    """The message source, re-readable when more than one database needs it."""
+    """The message source, readable once per database: seeked back when it can seek,
+    spooled to ``<data>/tmp`` (in chunks) when it cannot and may be needed twice."""
 
     def __init__(self, source: Any, data: str, reuse: bool) -> None:
-        self.source = source
         self.data = data
         self.file: IO[bytes] | None = None
-        self.used = False
-        self.seekable = False
         self.start = 0
-        if reuse:
-            self.ensure_reusable()
-
-    def ensure_reusable(self) -> None:
-        if self.file is not None or self.seekable:
-            return
-        seekable = getattr(self.source, "seekable", None)
-        if callable(seekable) and seekable():
-            self.seekable = True
-            self.start = self.source.tell()
-            return
-        if self.used:
-            raise StoreError(MAPI_E_CALL_FAILED, "the message cannot be read a second time to reroute it; resend it")
-        tmp = os.path.join(self.data, "tmp")
-        os.makedirs(tmp, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=tmp)  # noqa: SIM115 - closed in __exit__
-        shutil.copyfileobj(self.source, self.file, content.CHUNK)
+        seekable = getattr(source, "seekable", None)
+        self.seekable = bool(callable(seekable) and seekable())
+        if self.seekable:
+            self.start = source.tell()
+        self.source = _Tracked(source)
+        if reuse and not self.seekable:
+            tmp = os.path.join(self.data, "tmp")
+            os.makedirs(tmp, exist_ok=True)
+            self.file = tempfile.TemporaryFile(dir=tmp)  # noqa: SIM115 - closed in __exit__
+            shutil.copyfileobj(source, self.file, content.CHUNK)
 
     def open(self) -> Any:
+        """The source from its start, or None when it was consumed and cannot be reread."""
         if self.file is not None:
             self.file.seek(0)
             return self.file
-        if self.used:
+        if self.source.touched:
             if not self.seekable:
-                raise StoreError(MAPI_E_CALL_FAILED, "the message cannot be read a second time; resend it")
-            self.source.seek(self.start)
-        self.used = True
+                return None
+            self.source.source.seek(self.start)
         return self.source
 
     def __enter__(self) -> _Spool:

@@ -230,7 +230,8 @@ class Server:
 
     def mount_intended(self, db: DatabaseInfo) -> bool:
         """Whether the database is meant to be mounted: an administrator's dismount holds
-        until a mount; a database never mounted follows "mount at start-up"."""
+        until a mount. A database never mounted waits for its first explicit mount (the
+        guide: do not mount a new store before restoring into it)."""
         st = self._db_state(db)
         return bool(st.get("mounted", False))
 

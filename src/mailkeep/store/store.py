@@ -190,16 +190,35 @@ class Store:
                 self.server.set_mount_intended(info, False)
             return info
 
-    def mount_intended(self, *, only: set[str] | None = None) -> list[DatabaseInfo]:
-        """Mount the databases meant to be mounted (a service start); returns them."""
+    def mount_intended(self, *, only: set[str] | None = None, startup: bool = False) -> list[DatabaseInfo]:
+        """Mount the databases meant to be mounted; returns them. ``startup`` is a service
+        start: a database marked "do not mount at start-up" stays dismounted (and is
+        recorded so)."""
         out = []
         for info in self.server.databases():
             if only is not None and info.sg.prefix not in only:
                 continue
-            if self.server.mount_intended(info):
-                self.mount(info)
-                out.append(info)
+            if not self.server.mount_intended(info):
+                continue
+            if startup and not info.mount_at_startup:
+                self.server.set_mount_intended(info, False)
+                continue
+            self.mount(info)
+            out.append(info)
         return out
+
+    def mounted_databases(self) -> list[DatabaseInfo]:
+        """The mounted databases with their configuration as it is now (a rename since the
+        mount shows)."""
+        with self._lock:
+            out = []
+            for guid, m in list(self.mounted.items()):
+                try:
+                    m.info = self.server.database(str(guid))
+                except ConfigError:
+                    pass  # its object was deleted while mounted: keep what we had
+                out.append(m.info)
+            return out
 
     def handle(self, info: DatabaseInfo) -> Mounted:
         m = self.mounted.get(info.guid)
