@@ -69,6 +69,8 @@ def test_deliver_exit_codes_follow_sysexits(data: Path) -> None:
     usage = mk(data, "deliver", stdin=msg("<3@x>"))
     assert usage.returncode == 64 and "no recipient given" in usage.stderr
     assert mk(data, "deliver", "-x", "alice", stdin=b"x").returncode == 64
+    empty = mk(data, "deliver", "alice", stdin=b"")
+    assert empty.returncode == 65 and "the message is empty" in empty.stderr
     assert mk(data, "db", "dismount", "Mailbox Store (EX1)").returncode == 0
     temp = mk(data, "deliver", "alice@contoso.com", stdin=msg("<4@x>"))
     assert temp.returncode == 75 and "MAPI_E_FAILONEPROVIDER 0x8004011d" in temp.stderr
