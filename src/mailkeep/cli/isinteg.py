@@ -130,7 +130,8 @@ def _run(store: Store, args: Args, out: TextIO, err: TextIO) -> int:
 
 def _append_log(path: str, args: Args, report: isinteg.IsintegReport, err: TextIO) -> None:
     """The whole output, every finding included, after a line saying when and what ran."""
-    switches = f"-db {args.db}{' -fix' if args.fix else ''} -test {','.join(args.tests)}"
+    server = f"-s {args.server} " if args.server else ""
+    switches = f"{server}-db {args.db}{' -fix' if args.fix else ''} -test {','.join(args.tests)}"
     lines = [f"---- {datetime.now().isoformat(timespec='seconds')} mailkeep isinteg {switches}",
              *report.lines(verbose=True), ""]
     try:

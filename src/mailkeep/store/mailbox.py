@@ -228,7 +228,7 @@ class Mailbox:
                 new = folders.insert_message(txn, db, self.guid, dst.fid, row["content"], folders.meta_of(row),
                                              flags=row["flags"] or "", internal_date=row["internal_date"])
                 out[int(row["uid"])] = new
-                if move and src.fid != dst.fid or move:
+                if move:  # the copy holds its own reference, so the content stays
                     folders.remove_message(txn, db, row, now=self.store.clock(), to_dumpster=False)
         return out
 

@@ -164,10 +164,13 @@ class Store:
                     if info.public and txn.get(db, "mailbox", (str(info.guid),)) is None:
                         from mailkeep.store import folders
 
-                        folders.create_mailbox_rows(
-                            txn, db, str(info.guid), kind=schema.PUBLIC, owner_dn=info.dn,
-                            legacy_dn="", display_name=info.name, now=self.clock(), standard=False,
-                        )
+                        if txn.get(db, "folder", (str(info.guid), schema.ROOT_FID)) is None:
+                            folders.create_mailbox_rows(
+                                txn, db, str(info.guid), kind=schema.PUBLIC, owner_dn=info.dn,
+                                legacy_dn="", display_name=info.name, now=self.clock(), standard=False,
+                            )
+                        # else: the hierarchy is there but its row is not (damage): isinteg's
+                        # mailbox test re-creates the row; mounting must not fail on it
             except BaseException:
                 sg.dismount(db)
                 raise
