@@ -98,8 +98,8 @@ def list_mailboxes(store: Store, db: str | None = None, *, disconnected: bool = 
                 for t in r.scan(d, "tombstone"):
                     if t["guid"] not in listed:
                         where = f"(moved to {dnmod.rdn(t['new_home'])[1]})" if t["new_home"] else "(system attendant)"
-                        out.append(MailboxEntry(t["guid"], info.path_name, t["reason"], "tombstoned", where, "", "",
-                                                "", "", 0, 0, None, None, True))
+                        out.append(MailboxEntry(t["guid"], info.path_name, t["reason"], schema.TOMBSTONED, where,
+                                                "", "", "", "", 0, 0, None, None, True))
     return sorted(out, key=lambda m: (m.database, m.display_name.lower(), m.guid))
 
 

@@ -60,6 +60,7 @@ TABLES = (INFO, MAILBOX, TOMBSTONE, FOLDER, MESSAGE, CONTENT, DUMPSTER)
 # -> purged; a tombstone is a separate table, so a purged mailbox can stay tombstoned).
 USER, SYSTEM_ATTENDANT, PUBLIC = "user", "system-attendant", "public"
 CONNECTED, DISCONNECTED = "connected", "disconnected"
+TOMBSTONED = "tombstoned"  # only in listings: a tombstone whose mailbox row is gone
 
 ROOT_FID = 1  # "Top of Information Store" (or the public folder root): never shown, never deleted
 # The standard folders an Exchange mailbox is created with, in the order Outlook lists them.
