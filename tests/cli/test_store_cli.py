@@ -152,3 +152,24 @@ def test_mailbox_commands(data: Path) -> None:
     moved = mk(data, "mailbox", "move", "alice", "--to", "DB2")
     assert moved.returncode == 0 and moved.stdout.strip() == "Moved the mailbox of alice to SG2/DB2"
     assert inbox_ids(data, "alice") == ["<a1@x>"]
+
+
+def test_concurrent_deliver_processes_take_turns(data: Path) -> None:
+    """An MTA runs several `mailkeep deliver` at once: each waits for the storage group and
+    directory locks instead of failing (bounded by deliver's 30 s lock wait)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "mailkeep", "--data", str(data), "deliver", "bob"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    for i, p in enumerate(procs):
+        assert p.stdin is not None
+        p.stdin.write(msg(f"<par{i}@x>"))
+        p.stdin.close()
+    results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    for p in procs:
+        for f in (p.stdout, p.stderr):
+            if f:
+                f.close()
+    assert results == [(0, "")] * 6
+    assert sorted(inbox_ids(data, "bob")) == sorted(f"<par{i}@x>" for i in range(6))

@@ -215,13 +215,14 @@ class StorageGroup:
             os.close(fd)
             try:
                 with open(path) as f:
-                    holder = f.read().strip() or "another process"
+                    pid = f.read().strip()
             except OSError:
-                holder = "another process"
+                pid = ""
+            holder = f"process {pid}" if pid else "another process"
             raise EseError(
                 errors.FileAccessDenied,
                 f"storage group {self.config.prefix} in {self.config.log_path} is in use by "
-                f"process {holder}. Stop it (or go through the running server) first.",
+                f"{holder}. Stop it (or go through the running server) first.",
                 path=path,
             ) from e
         os.ftruncate(fd, 0)

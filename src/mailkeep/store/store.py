@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mailkeep.directory.directory import Directory
 from mailkeep.directory.setup import open_directory
@@ -37,6 +38,22 @@ from mailkeep.store.errors import MAPI_E_FAILONEPROVIDER, StoreError
 from mailkeep.store.server import ConfigError, DatabaseInfo, Server, StorageGroupInfo
 
 SOURCE = "MSExchangeIS"
+T = TypeVar("T")
+
+
+def _when_free(opener: Callable[[], T], wait: float) -> T:
+    """Open something another process may hold (a storage group's lock), retrying for up to
+    ``wait`` seconds: short-lived tools such as ``mailkeep deliver`` take turns."""
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        try:
+            return opener()
+        except EseError as e:
+            if e.number != ese.FileAccessDenied or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 @dataclass
@@ -69,7 +86,8 @@ class Store:
             raise ConfigError(f"{data} holds no server yet: run 'mailkeep setup --domain DNS-NAME' first")
         events = kw.pop("events", None) or EventLog(os.path.join(data, "events.jsonl"))
         own = directory is None
-        d = directory or open_directory(data, events=events)  # type: ignore[arg-type]
+        wait = float(kw.get("lock_wait", 0.0))  # type: ignore[arg-type]
+        d = directory or _when_free(lambda: open_directory(data, events=events), wait)  # type: ignore[arg-type]
         try:
             store = cls(Server.load(data, d), events=events, **kw)  # type: ignore[arg-type]
         except BaseException:
@@ -91,18 +109,10 @@ class Store:
             exists = os.path.exists(os.path.join(sg.log_path, f"{sg.prefix}.log")) or bool(
                 list_generations(sg.log_path, sg.prefix)
             )
-            deadline = time.monotonic() + self.lock_wait
-            while True:
-                try:
-                    if exists:
-                        g = StorageGroup.open(cfg, io=self.io, events=self.events)
-                    else:
-                        g = StorageGroup.create(cfg, io=self.io, events=self.events)
-                    break
-                except EseError as e:
-                    if e.number != ese.FileAccessDenied or time.monotonic() >= deadline or not exists:
-                        raise
-                    time.sleep(0.05)
+            if exists:
+                g = _when_free(lambda: StorageGroup.open(cfg, io=self.io, events=self.events), self.lock_wait)
+            else:
+                g = StorageGroup.create(cfg, io=self.io, events=self.events)
             self.groups[sg.prefix] = g
             return g
 
