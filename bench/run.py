@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import commit
+import delivery
 import directory
 import recovery
 
@@ -140,7 +141,7 @@ def fsync_probe(seconds: float = 1.0) -> dict[str, float]:
 
 # -- report --------------------------------------------------------------------------------
 def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[str, Any], r: dict[str, Any],
-                    minutes: float, dl: dict[str, Any]) -> str:
+                    minutes: float, dl: dict[str, Any], dv: dict[str, Any]) -> str:
     probe = ", ".join(f"median {p['median_us']:.0f} µs / p90 {p['p90_us']:.0f} µs" for p in probes)
     return "\n".join([
         BEGIN,
@@ -166,6 +167,10 @@ def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[s
         "### Directory lookups (embedded backend; one user by `mail`)",
         "",
         directory.markdown(dl),
+        "",
+        f"### Deliveries per second (`deliver()`, durable; one run per cell of up to {delivery.SECONDS:.0f} s)",
+        "",
+        delivery.markdown(dv),
         END,
     ])
 
@@ -202,13 +207,15 @@ def main() -> int:
     r = recovery.measure(log=log)
     log("directory lookups (bench/directory.py)")
     dl = directory.measure(log=log)
+    log("deliveries (bench/delivery.py)")
+    dv = delivery.measure(log=log)
     probes.append(fsync_probe())
     minutes = (time.perf_counter() - t0) / 60
-    section = results_section(m, probes, c, r, minutes, dl)
+    section = results_section(m, probes, c, r, minutes, dl, dv)
     rewrite_readme(section)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "directory": dl,
-                   "minutes": minutes}, f,
+                   "delivery": dv, "minutes": minutes}, f,
                   indent=1, default=str)
     log(section)
     log(f"bench/README.md rewritten ({minutes:.1f} min)")
