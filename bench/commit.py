@@ -25,16 +25,16 @@ Run alone: ``.venv/bin/python bench/commit.py``.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import sqlite3
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from driver import drive
 
 from mailkeep.engine.fileio import FileIO
 from mailkeep.engine.schema import TableSpec
@@ -95,62 +95,6 @@ class SlowLogIO(CountingIO):
             time.sleep(SLOW_FSYNC)
 
 
-def drive(
-    threads: int,
-    cap: int,
-    seconds: float,
-    setup: Callable[[int], Any],
-    one_commit: Callable[[Any, int, int], None],
-    teardown: Callable[[Any], None] | None = None,
-) -> tuple[int, float]:
-    """Run ``threads`` writers until ``seconds`` pass or ``cap`` commits are taken; returns
-    (commits, elapsed seconds). Per-thread setup (connections) happens before the clock."""
-    tickets = itertools.count()
-    clock = {"start": 0.0, "deadline": 0.0}
-
-    def start_clock() -> None:  # run by one thread once all are ready, before any is released
-        clock["start"] = time.perf_counter()
-        clock["deadline"] = clock["start"] + seconds
-
-    barrier = threading.Barrier(threads + 1, action=start_clock)
-    done = [0] * threads
-    failures: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        ctx = None
-        try:
-            ctx = setup(i)
-            barrier.wait()
-            n = 0
-            deadline = clock["deadline"]
-            while time.perf_counter() < deadline and next(tickets) < cap:
-                one_commit(ctx, i, n)
-                n += 1
-            done[i] = n
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            failures.append(e)
-            barrier.abort()
-        finally:
-            if teardown is not None and ctx is not None:
-                teardown(ctx)
-
-    pool = [threading.Thread(target=worker, args=(i,), name=f"writer-{i}") for i in range(threads)]
-    for t in pool:
-        t.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - clock["start"]
-    if failures:
-        raise failures[0]
-    return sum(done), elapsed
-
-
 def mailkeep_run(root: str, payload: str, threads: int, *, io: CountingIO | None = None,
                  seconds: float = SECONDS) -> Run:
     io = io or CountingIO()
@@ -172,7 +116,8 @@ def mailkeep_run(root: str, payload: str, threads: int, *, io: CountingIO | None
                     txn.insert(db, "messages", {"id": f"{i}-{n}", "folder": "inbox", "body": BODY})
 
         log0, all0 = io.log_fsyncs, io.counts["fsync"]
-        commits, elapsed = drive(threads, CAP[payload], seconds, lambda i: i, one_commit)
+        r = drive(threads, CAP[payload], seconds, lambda i: i, one_commit)
+        commits, elapsed = int(r["operations"]), r["seconds"]
         return Run("mailkeep", payload, threads, commits, elapsed,
                    io.log_fsyncs - log0, io.counts["fsync"] - all0)
     finally:
@@ -203,7 +148,8 @@ def sqlite_run(root: str, payload: str, threads: int, *, seconds: float = SECOND
         c.execute("INSERT INTO messages (id, folder, body) VALUES (?, ?, ?)", (f"{i}-{n}", "inbox", value))
         c.execute("COMMIT")
 
-    commits, elapsed = drive(threads, CAP[payload], seconds, lambda i: connect(), one_commit, lambda c: c.close())
+    r = drive(threads, CAP[payload], seconds, lambda i: connect(), one_commit, lambda c: c.close())
+    commits, elapsed = int(r["operations"]), r["seconds"]
     return Run("sqlite", payload, threads, commits, elapsed)
 
 

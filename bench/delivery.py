@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import os
 import random
 import shutil
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from driver import drive as _drive
 
 from mailkeep.directory import tasks
 from mailkeep.engine.fileio import FileIO
@@ -107,6 +107,12 @@ def body_of(size: int) -> bytes:
     return b"".join(text[i:i + 76] + b"\r\n" for i in range(0, len(text), 76))
 
 
+def drive(*args: Any, **kw: Any) -> dict[str, float]:
+    r = _drive(*args, **kw)
+    r["deliveries"] = r.pop("operations")
+    return r
+
+
 def message(size: int, body: bytes, thread: int, n: int) -> bytes:
     """A message of exactly ``size`` bytes; the Message-ID differs for every delivery."""
     head = (
@@ -118,59 +124,6 @@ def message(size: int, body: bytes, thread: int, n: int) -> bytes:
     return out
 
 
-# -- the driver --------------------------------------------------------------------------------
-def drive(
-    threads: int, cap: int, seconds: float, setup: Callable[[int], Any], one: Callable[[Any, int, int], None],
-    teardown: Callable[[Any], None] | None = None,
-) -> dict[str, float]:
-    """``threads`` deliverers until ``seconds`` pass or ``cap`` deliveries are taken. The clock
-    (wall and process CPU time) starts once every thread's setup is done."""
-    tickets = itertools.count()
-    clock = {"start": 0.0, "deadline": 0.0, "cpu": 0.0}
-
-    def start_clock() -> None:
-        clock["cpu"] = time.process_time()
-        clock["start"] = time.perf_counter()
-        clock["deadline"] = clock["start"] + seconds
-
-    barrier = threading.Barrier(threads + 1, action=start_clock)
-    done = [0] * threads
-    failures: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        ctx = None
-        try:
-            ctx = setup(i)
-            barrier.wait()
-            n = 0
-            deadline = clock["deadline"]
-            while time.perf_counter() < deadline and next(tickets) < cap:
-                one(ctx, i, n)
-                n += 1
-            done[i] = n
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            failures.append(e)
-            barrier.abort()
-        finally:
-            if teardown is not None and ctx is not None:
-                teardown(ctx)
-
-    pool = [threading.Thread(target=worker, args=(i,), name=f"deliverer-{i}") for i in range(threads)]
-    for t in pool:
-        t.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - clock["start"]
-    cpu = time.process_time() - clock["cpu"]
-    if failures:
-        raise failures[0]
-    return {"deliveries": sum(done), "seconds": elapsed, "cpu_seconds": cpu}
 
 
 def _rates(r: dict[str, Any], size: int, rcpts: int) -> dict[str, Any]:
