@@ -50,6 +50,8 @@ class _Normalizer:
         if self.prev_cr and chunk[:1] == b"\n":
             head, chunk = b"\n", chunk[1:]
         self.prev_cr = (chunk or head)[-1:] == b"\r"
+        if chunk[:1] != b"\n" and chunk.count(b"\n") == chunk.count(b"\r\n"):
+            return head + chunk  # every LF already follows a CR: nothing to change (the usual case)
         return head + _LONE_LF.sub(b"\r\n", chunk)
 
 

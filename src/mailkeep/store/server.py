@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ RECOVERY_PREFIX = "R00"
 MAX_STORAGE_GROUPS = 4
 MAX_DATABASES_PER_GROUP = 5
 MAX_DATABASES = 20
+CACHE_SECONDS = 5.0  # how stale database_by_dn may be about changes made by another process
 FIRST_SG = "First Storage Group"
 SA_CN = "Microsoft System Attendant"
 RECOVERY_SG = "Recovery Storage Group"
@@ -99,6 +101,8 @@ class Server:
         self.organization: str = state["organization"]
         self.admin_group: str = state["admin_group"]
         self.autosave = True  # off while setup builds the server: server.json is written last
+        self._by_dn: dict[str, DatabaseInfo] | None = None
+        self._by_dn_at = 0.0
 
     # -- loading -------------------------------------------------------------------------------
     @staticmethod
@@ -211,8 +215,18 @@ class Server:
         raise ConfigError(f"{len(matches)} databases are named {name!r}; give STORAGEGROUP/DATABASE")
 
     def database_by_dn(self, dn: str) -> DatabaseInfo | None:
+        """The database a ``homeMDB`` names (None: not one of this server's). Every delivery
+        asks, so answers come from a map re-read from the directory when it is older than
+        ``CACHE_SECONDS``, when a DN is not in it, or after a change made here."""
         n = _norm(dn)
-        return next((d for d in self.databases() if dnmod.normalize(d.dn) == n), None)
+        now = time.monotonic()
+        if self._by_dn is None or now - self._by_dn_at > CACHE_SECONDS or n not in self._by_dn:
+            self._by_dn = {dnmod.normalize(d.dn): d for d in self.databases()}
+            self._by_dn_at = now
+        return self._by_dn.get(n)
+
+    def _changed(self) -> None:
+        self._by_dn = None
 
     def engine_config(self, sg: StorageGroupInfo, **overrides: Any) -> StorageGroupConfig:
         return StorageGroupConfig(
@@ -299,6 +313,7 @@ class Server:
             changes["msExchESEParamCircularLog"] = 1 if circular else 0
         if changes:
             self.directory.replace(sg.dn, **changes)
+            self._changed()
         return self.storage_group(sg.prefix)
 
     def rename_storage_group(self, old: str, new: str) -> StorageGroupInfo:
@@ -307,6 +322,7 @@ class Server:
         if any(g.name.lower() == new.lower() and g.dn != sg.dn for g in self.storage_groups()):
             raise ConfigError(f"server {self.name} already has a storage group named {new!r}")
         new_dn = self.directory.rename(sg.dn, f"CN={dnmod.escape_value(new)}")
+        self._changed()
         self._repoint_homes(sg.dn, new_dn)
         return self.storage_group(sg.prefix)
 
@@ -320,6 +336,7 @@ class Server:
                 f"({', '.join(d.name for d in dbs)}); delete them first"
             )
         self.directory.delete(sg.dn)
+        self._changed()
         return sg, sorted({sg.log_path, sg.system_path})
 
     # -- databases ---------------------------------------------------------------------------------
@@ -348,6 +365,7 @@ class Server:
             if self.resolve(p) in taken:
                 raise ConfigError(f"{self.resolve(p)} is already the file of another database; choose another path")
         e = self.directory.add_database(sg.dn, name, public=public, edb=edb_rel, stm=stm_rel)
+        self._changed()
         changes: dict[str, Any] = {}
         if not mount_at_startup:
             changes["msExchEDBOffline"] = True
@@ -355,6 +373,7 @@ class Server:
             changes["msExchPatchMDB"] = True
         if changes:
             self.directory.replace(e.dn, **changes)
+            self._changed()
         return self._db_info(self.directory.require(e.dn), sg)
 
     def set_database(
@@ -382,6 +401,7 @@ class Server:
             changes[attr] = new
         if changes:
             self.directory.replace(db.dn, **changes)
+            self._changed()
         return self.database(str(db.guid))
 
     def rename_database(self, old: str, new: str) -> DatabaseInfo:
@@ -390,6 +410,7 @@ class Server:
         if any(d.name.lower() == new.lower() and d.dn != db.dn for d in self.databases(db.sg)):
             raise ConfigError(f"storage group {db.sg.name} already has a database named {new!r}")
         new_dn = self.directory.rename(db.dn, f"CN={dnmod.escape_value(new)}")
+        self._changed()
         self._repoint_homes(db.dn, new_dn)
         return self.database(str(db.guid))
 
@@ -406,6 +427,7 @@ class Server:
                 f"{', ...' if len(homed) > 3 else ''}); move or delete those mailboxes first"
             )
         self.directory.delete(db.dn)
+        self._changed()
         self.state.get("databases", {}).pop(str(db.guid), None)
         self.save()
         sa = self.directory.get(self.system_attendant_dn)
