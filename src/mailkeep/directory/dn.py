@@ -7,6 +7,7 @@ separators, so ``CN=a, DC=b`` and ``cn=A,dc=B`` are one name, as in AD.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _SPECIAL = ',+"\\<>;'
@@ -91,8 +92,10 @@ def join(rdns: list[tuple[str, str]]) -> str:
     return ",".join(f"{a}={escape_value(v)}" for a, v in rdns)
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(dn: str) -> str:
-    """The comparison form: lower-case attribute names and values, canonical escaping."""
+    """The comparison form: lower-case attribute names and values, canonical escaping.
+    (A pure function of its text, called for every homeMDB comparison: cached.)"""
     return ",".join(f"{a.lower()}={escape_value(v.casefold())}" for a, v in split(dn))
 
 
