@@ -12,6 +12,7 @@ CODES: dict[int, str] = {
     0x3EB: "ecUnknownUser",
     0x3F2: "ecLoginFailure",
     0x3F4: "ecNotFound",
+    0x478: "ecWrongServer",
     0x50C: "ecMailboxInTransit",
     0x4B9: "ecDuplicateName",
     0x4DF: "ecTooBig",
@@ -27,6 +28,7 @@ CODES: dict[int, str] = {
 ecUnknownUser = 0x3EB
 ecLoginFailure = 0x3F2
 ecNotFound = 0x3F4
+ecWrongServer = 0x478  # the mailbox is homed on another server: deliver there (relay: a later issue)
 ecMailboxInTransit = 0x50C
 ecDuplicateName = 0x4B9
 ecTooBig = 0x4DF
@@ -38,7 +40,7 @@ MAPI_E_COLLISION = 0x80040604
 MAPI_E_CALL_FAILED = 0x80004005
 
 # Failures a sender should retry: the mailbox may be reachable later.
-TEMPORARY = {MAPI_E_FAILONEPROVIDER, ecMailboxInTransit, MAPI_E_CALL_FAILED, ecLoginFailure}
+TEMPORARY = {MAPI_E_FAILONEPROVIDER, ecMailboxInTransit, MAPI_E_CALL_FAILED, ecLoginFailure, ecWrongServer}
 
 
 class StoreError(Exception):

@@ -31,13 +31,13 @@ from mailkeep.store.errors import (
     ecLoginFailure,
     ecMailboxInTransit,
     ecUnknownUser,
+    ecWrongServer,
 )
 from mailkeep.store.server import DatabaseInfo
 
 if TYPE_CHECKING:
     from mailkeep.store.store import Store
 
-ecWrongServer = 0x478
 IS_SOURCE = "MSExchangeIS Mailbox Store"
 
 
