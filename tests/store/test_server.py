@@ -451,3 +451,45 @@ def test_partner_file_missing_refused(store: Store, server: SetupResult, missing
     with pytest.raises(EseError):
         store.mount(info, create_new=True)
     assert not store.is_mounted(info)
+
+
+def test_storage_group_paths_move_the_logs_and_keep_the_mail(
+    store: Store, server: SetupResult, add_mailbox_user: Callable[..., str],
+) -> None:
+    """`sg set --log-path/--system-path/--circular-logging`: the log stream and checkpoint move
+    with the setting, and the databases mount on the moved logs with their mail."""
+    srv = store.server
+    sg = srv.create_storage_group("SG2")
+    db = srv.create_database("SG2", "DB2")
+    store.mount(db)
+    addr = add_mailbox_user("dora", db.dn)
+    assert delivery.deliver(store, source(message("<d1@x>")), [addr]).delivered
+    store.dismount(db)
+    store.close_group(sg)
+    old_logs = sorted(n for n in os.listdir(sg.log_path) if n.endswith(".log"))
+    assert "E01.log" in old_logs and "res1.log" in old_logs
+    moved = srv.set_storage_group("SG2", log_path="SG2-logs", system_path="SG2-system", circular=True)
+    assert (moved.log_path, moved.system_path, moved.circular) == (
+        os.path.join(srv.data, "SG2-logs"), os.path.join(srv.data, "SG2-system"), True)
+    assert sorted(n for n in os.listdir(moved.log_path) if n.endswith(".log")) == old_logs
+    assert [n for n in os.listdir(sg.log_path) if n.endswith((".log", ".chk"))] == []
+    assert os.path.exists(os.path.join(moved.system_path, "E01.chk"))
+    store.mount(srv.database("DB2"))
+    assert [m.message_id for m in open_mailbox(store, "dora").messages("INBOX")] == ["<d1@x>"]
+    assert delivery.deliver(store, source(message("<d2@x>")), [addr]).delivered
+
+
+def test_storage_group_paths_refuse_an_occupied_target(store: Store) -> None:
+    srv = store.server
+    sg = srv.create_storage_group("SG2")
+    db = srv.create_database("SG2", "DB2")
+    store.mount(db)
+    store.dismount(db)
+    store.close_group(sg)
+    target = os.path.join(srv.data, "busy")
+    os.makedirs(target)
+    open(os.path.join(target, "E01.log"), "wb").close()
+    with pytest.raises(ConfigError, match="already holds E01.log"):
+        srv.set_storage_group("SG2", log_path="busy")
+    assert srv.storage_group("SG2").log_path == sg.log_path  # nothing changed
+    assert os.path.exists(os.path.join(sg.log_path, "E01.log"))
