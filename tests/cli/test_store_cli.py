@@ -55,7 +55,7 @@ def test_setup_prints_what_it_made_and_refuses_twice(tmp_path: Path) -> None:
     before = sorted(os.listdir(d / "mdbdata"))
     again = mk(d, "setup", "--domain", "contoso.com", "--server", "EX1")
     assert again.returncode == 1
-    assert again.stdout.startswith(f"mailkeep setup: {d} already holds a server")
+    assert again.stderr.startswith(f"mailkeep setup: {d} already holds a server")
     assert sorted(os.listdir(d / "mdbdata")) == before
 
 
@@ -115,7 +115,7 @@ def test_sg_and_db_administration(data: Path) -> None:
     assert mk(data, "db", "mount", "DB2").returncode == 0
     assert os.path.exists(data / "SG2" / "DB2.edb") and os.path.exists(data / "SG2" / "DB2.stm")
     refused = mk(data, "db", "delete", "DB2")
-    assert refused.returncode == 1 and "is mounted: dismount it first" in refused.stdout
+    assert refused.returncode == 1 and "is mounted: dismount it first" in refused.stderr
     assert mk(data, "db", "dismount", "DB2").returncode == 0
     gone = mk(data, "db", "delete", "DB2")
     assert gone.returncode == 0 and "Its files were kept" in gone.stdout
@@ -125,7 +125,7 @@ def test_sg_and_db_administration(data: Path) -> None:
     for name in ("SG3", "SG4"):
         assert mk(data, "sg", "create", name).returncode == 0
     fifth = mk(data, "sg", "create", "SG5")
-    assert fifth.returncode == 1 and "already has 4 storage groups, the limit" in fifth.stdout
+    assert fifth.returncode == 1 and "already has 4 storage groups, the limit" in fifth.stderr
     assert mk(data, "sg", "create", "Recovery Storage Group", "--recovery").returncode == 0
     wrong = mk(data, "sg", "create", "X", "--circular-logging", "maybe")
     assert wrong.returncode == 2 and "use on or off" in wrong.stderr
@@ -146,7 +146,7 @@ def test_mailbox_commands(data: Path) -> None:
     assert "Reconnected 1 mailbox(es)" in rec.stdout
     assert inbox_ids(data, "alice") == ["<a1@x>"]
     bad = mk(data, "mailbox", "purge", alice["guid"])
-    assert bad.returncode == 1 and "only a disconnected mailbox can be purged" in bad.stdout
+    assert bad.returncode == 1 and "only a disconnected mailbox can be purged" in bad.stderr
     assert mk(data, "sg", "create", "SG2").returncode == 0
     assert mk(data, "db", "create", "SG2", "DB2", "--mount").returncode == 0
     moved = mk(data, "mailbox", "move", "alice", "--to", "DB2")

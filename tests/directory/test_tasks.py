@@ -226,14 +226,14 @@ def test_cli_mailbox_enable_picks_the_database(tmp_path: Path, data_dir: Path) -
     populate(data_dir).close()
     assert mk("user", "add", "bob", "--password", "pw", data=data_dir, cwd=tmp_path).returncode == 0
     p = mk("user", "mailbox-enable", "bob", data=data_dir, cwd=tmp_path)  # DB1 and DB2 exist
-    assert p.returncode == 1 and "2 mailbox databases match" in p.stdout
+    assert p.returncode == 1 and "2 mailbox databases match" in p.stderr
     p = mk("user", "mailbox-enable", "bob", "--db", "DB2", data=data_dir, cwd=tmp_path)
     assert p.returncode == 0, p.stdout
     d = open_directory(str(data_dir))
     assert dnmod.normalize(str(d.require_user("bob").text("homeMDB"))) == dnmod.normalize(GUIDE_DB2)
     d.close()
     p = mk("user", "mailbox-enable", "bob", "--db", "Exchange2/SG2/DB2", data=data_dir, cwd=tmp_path)
-    assert p.returncode == 1 and "already has a mailbox" in p.stdout
+    assert p.returncode == 1 and "already has a mailbox" in p.stderr
 
 
 def test_cli_rehome_with_no_matching_users_exits_1(tmp_path: Path, data_dir: Path) -> None:

@@ -366,14 +366,15 @@ def test_recovery_center_one_account_two_mailboxes(
     assert sorted(agents.cleanup(store).disconnected) == sorted([first, second])
 
     suggestions, problems = agents.recover(store, apply=True)
-    assert problems == []
     dn = store.directory.require_user("alice").dn
     assert sorted(s.guid for s in suggestions) == sorted([first, second])
     assert all(s.match == dn for s in suggestions)
-    states = {g: entry(store, g).state for g in (first, second)}
-    assert sorted(states.values()) == [schema.CONNECTED, schema.DISCONNECTED]
-    connected = next(g for g, st in states.items() if st == schema.CONNECTED)
-    assert guid_of(store, "alice") == connected
+    # the mailbox used last (the second: logged on) is reconnected; the other is reported
+    assert {g: entry(store, g).state for g in (first, second)} == {
+        first: schema.DISCONNECTED, second: schema.CONNECTED}
+    assert guid_of(store, "alice") == second
+    assert problems == [f"{first}: not reconnected: {dn} was given mailbox {second}, used more recently "
+                        "(reconnect this one to another account with 'mailkeep mailbox reconnect')"]
 
 
 # -- mailbox GUID rules --------------------------------------------------------------------------------

@@ -78,8 +78,9 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
     try:
         _mount_needed(store, rcpts)
         report = delivery.deliver(store, src, rcpts, sender=sender)
-    except (StoreError, DirectoryError, EseError, OSError) as e:
-        print(f"mailkeep deliver: temporary failure, the message was not delivered: {e}", file=err)
+    except Exception as e:  # noqa: BLE001 - whatever it was, the MTA keeps the message and retries
+        print(f"mailkeep deliver: temporary failure, the message was not delivered: {type(e).__name__}: {e}",
+              file=err)
         return EX_TEMPFAIL
     finally:
         try:
@@ -105,5 +106,8 @@ def _mount_needed(store: Store, rcpts: list[str]) -> None:
             t = delivery.resolve(store, r)
         except StoreError:
             continue  # reported per recipient by deliver()
-        if store.server.mount_intended(t.info):
-            store.mount(t.info)
+        if store.server.mount_intended(t.info) and not store.is_mounted(t.info):
+            try:
+                store.mount(t.info)
+            except (ConfigError, EseError) as e:  # deliver() reports it dismounted: a temporary failure
+                print(f"mailkeep deliver: cannot mount {t.info.path_name}: {e}", file=sys.stderr)

@@ -128,10 +128,10 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
         finally:
             d.close()
     except (DirectoryError, ValueError) as e:  # ValueError: a malformed DN or value given on the command line
-        print(f"mailkeep {ns.command}: {e}", file=out)
+        print(f"mailkeep {ns.command}: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. the audit's --log file cannot be written (nothing was changed then)
-        print(f"mailkeep {ns.command}: {e.filename or ''}: {e.strerror or e}", file=out)
+        print(f"mailkeep {ns.command}: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
 
 

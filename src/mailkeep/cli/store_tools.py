@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -129,7 +130,7 @@ def main(ns: argparse.Namespace, *, data: str, out: TextIO | None = None) -> int
                 return _db(store, ns, out)
             return _mailbox(store, ns, out)
     except (ConfigError, StoreError, DirectoryError, EseError) as e:
-        print(f"mailkeep {ns.command}: {e}", file=out)
+        print(f"mailkeep {ns.command}: {e}", file=sys.stderr)
         return 1
 
 
@@ -244,8 +245,10 @@ def _db(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
     if ns.action == "delete":
         d = srv.database(ns.name)
         d = srv.delete_database(ns.name, mounted=srv.mount_intended(d))
-        print(f"Deleted {d.kind} {d.name} from the directory. Its files were kept: {d.edb}, {d.stm}; delete them "
-              "yourself when they are no longer needed.", file=out)
+        kept = [p for p in (d.edb, d.stm) if os.path.exists(p)]
+        print(f"Deleted {d.kind} {d.name} from the directory. " + (
+            f"Its files were kept: {', '.join(kept)}; delete them yourself when they are no longer needed."
+            if kept else "It had no files (it was never mounted)."), file=out)
         return 0
     if ns.action == "mount":
         d = store.mount(ns.name, create_new=ns.create_new)
@@ -261,8 +264,6 @@ def _db(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
 
 
 def _files_exist(d: DatabaseInfo) -> bool:
-    import os
-
     return os.path.exists(d.edb) and os.path.exists(d.stm)
 
 
@@ -301,7 +302,8 @@ def _mailbox(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
         for s in sugg:
             print(f"{s.guid:<37} {s.display_name[:24]:<24} {s.match or '(none)'}  [{s.reason}]", file=out)
         if ns.apply:
-            done = sum(1 for s in sugg if s.match) - len(problems)
+            failed = {p.split(":", 1)[0] for p in problems}
+            done = sum(1 for s in sugg if s.match and s.guid not in failed)
             print(f"Reconnected {done} mailbox(es)", file=out)
             for p in problems:
                 print(f"  not reconnected: {p}", file=out)

@@ -32,7 +32,7 @@ from mailkeep.store.errors import (
     ecMailboxInTransit,
     ecUnknownUser,
 )
-from mailkeep.store.mailboxes import Owner
+from mailkeep.store.mailboxes import IS_SOURCE, Owner
 from mailkeep.store.server import DatabaseInfo
 
 if TYPE_CHECKING:
@@ -171,8 +171,15 @@ def deliver_to_database(
                     fid = special_fid(txn, db, guid, "inbox", now)
                     uids[guid] = folders.insert_message(txn, db, guid, fid, cid, stored.meta, internal_date=now)
                 placed = [(t, uids[t.guid]) for t in [*ok.values(), *firsts] if t.guid in uids]
-    except (StoreError, EseError) as e:  # rolled back: nobody in this database got it
-        err = e if isinstance(e, StoreError) else StoreError(MAPI_E_CALL_FAILED, f"{info.path_name}: {e}")
+    except Exception as e:  # noqa: BLE001 - rolled back: nobody in this database got it; say so per recipient
+        if isinstance(e, StoreError):
+            err = e
+        else:
+            err = StoreError(MAPI_E_CALL_FAILED, f"{info.path_name}: {e}" + (
+                "" if isinstance(e, EseError) else
+                f"; check the database: mailkeep isinteg -db \"{info.name}\" -test alltests"))
+            store.events.error(IS_SOURCE, 9542, f"Delivery to {info.path_name} failed and was rolled back "
+                               f"(the sender will retry): {type(e).__name__}: {e}")
         done = {o.recipient for o in out}
         return out + [_failed(t.recipient, err) for t in targets if t.recipient not in done]
     for t, uid in placed:

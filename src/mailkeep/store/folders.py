@@ -159,6 +159,8 @@ def insert_message(
     if folder is None:
         raise StoreError(MAPI_E_NOT_FOUND, f"folder {fid} of mailbox {mailbox} does not exist")
     uid = int(folder["uidnext"])
+    while txn.get(db, "message", (mailbox, fid, uid)) is not None:
+        uid += 1  # a damaged counter (isinteg's folder test repairs it): never refuse mail for it
     txn.insert(db, "message", {
         "mailbox": mailbox, "fid": fid, "uid": uid, "content": cid, "flags": flags,
         "internal_date": internal_date, "size": meta.size, "message_id": meta.message_id,

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mailkeep.engine.database import StreamReader
 from mailkeep.store import content, folders, schema
-from mailkeep.store.errors import MAPI_E_COLLISION, MAPI_E_NO_SUPPORT, MAPI_E_NOT_FOUND, StoreError
+from mailkeep.store.errors import (
+    MAPI_E_COLLISION,
+    MAPI_E_NO_SUPPORT,
+    MAPI_E_NOT_FOUND,
+    StoreError,
+    ecMailboxInTransit,
+)
 from mailkeep.store.server import DatabaseInfo
 
 if TYPE_CHECKING:
@@ -75,6 +81,17 @@ class Mailbox:
         self.info = info
         self.guid = guid
 
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Any, Any]]:
+        """A write transaction on this mailbox; refused once the mailbox is in the
+        tombstone table (moved, or being moved: a change now would not travel with it)."""
+        with self.store.write(self.info) as (txn, db):
+            t = txn.get(db, "tombstone", (self.guid,))
+            if t is not None:
+                raise StoreError(ecMailboxInTransit, f"mailbox {self.guid} has moved or is being moved "
+                                 f"({t['reason']}); log on again", new_home=t["new_home"] or None)
+            yield txn, db
+
     # -- folders -------------------------------------------------------------------------------
     def folders(self) -> list[FolderInfo]:
         with self.store.read(self.info) as (r, db):
@@ -97,7 +114,7 @@ class Mailbox:
         parts = [p for p in path.strip("/").split("/") if p]
         if not parts:
             raise StoreError(MAPI_E_COLLISION, "a folder needs a name")
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             parent = schema.ROOT_FID
             now = self.store.clock()
             for i, name in enumerate(parts):
@@ -123,7 +140,7 @@ class Mailbox:
         if not parts:
             raise StoreError(MAPI_E_COLLISION, "a folder needs a name")
         parent_path = "/".join(parts[:-1])
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             parent = self._fid_in(txn, db, parent_path) if parent_path else schema.ROOT_FID
             if _is_below(txn, db, self.guid, parent, f.fid):
                 raise StoreError(MAPI_E_NO_SUPPORT, "a folder cannot be moved under itself")
@@ -139,7 +156,7 @@ class Mailbox:
         if f.special is not None:
             raise StoreError(MAPI_E_NO_SUPPORT, f"{f.name} is a standard folder and cannot be deleted")
         n = 0
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             now = self.store.clock()
             for fid in _subtree(txn, db, self.guid, f.fid):
                 for row in list(txn.scan(db, "message", prefix=(self.guid, fid))):
@@ -204,7 +221,7 @@ class Mailbox:
         f = self.folder(path)
         wanted = folders.flag_set(folders.flags_text(list(flags)))
         out: dict[int, frozenset[str]] = {}
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             for row in self._rows(txn, db, f.fid, uids):
                 have = folders.flag_set(row["flags"])
                 new = wanted if mode == "replace" else have | wanted if mode == "add" else have - wanted
@@ -222,7 +239,7 @@ class Mailbox:
     def _copy(self, path: str, uids: Iterable[int], dest: str, *, move: bool) -> dict[int, int]:
         src, dst = self.folder(path), self.folder(dest)
         out: dict[int, int] = {}
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             for row in self._rows(txn, db, src.fid, uids):
                 folders.add_ref(txn, db, row["content"])
                 new = folders.insert_message(txn, db, self.guid, dst.fid, row["content"], folders.meta_of(row),
@@ -235,7 +252,7 @@ class Mailbox:
     def delete(self, path: str, uids: Iterable[int]) -> list[int]:
         """Remove messages now (into deleted item retention); returns the UIDs removed."""
         f = self.folder(path)
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             rows = self._rows(txn, db, f.fid, uids)
             for row in rows:
                 folders.remove_message(txn, db, row, now=self.store.clock())
@@ -245,7 +262,7 @@ class Mailbox:
         """Remove the messages flagged \\Deleted (only those in ``uids`` when given)."""
         f = self.folder(path)
         allowed = None if uids is None else {int(u) for u in uids}
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             rows = [dict(r) for r in txn.scan(db, "message", prefix=(self.guid, f.fid))
                     if folders.DELETED in folders.flag_set(r["flags"]) and (allowed is None or r["uid"] in allowed)]
             for row in rows:
@@ -258,7 +275,7 @@ class Mailbox:
     ) -> int:
         """A message from a client (IMAP APPEND, a saved draft): its UID in ``path``."""
         f = self.folder(path)
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             now = self.store.clock()
             stored = content.store_message(txn, db, source)
             cid = folders.add_content(txn, db, stored.stream, stored.size, stored.sha256, 1, now)
@@ -277,7 +294,7 @@ class Mailbox:
         folder when theirs is gone); returns how many."""
         wanted = None if dids is None else {int(d) for d in dids}
         n = 0
-        with self.store.write(self.info) as (txn, db):
+        with self._write() as (txn, db):
             now = self.store.clock()
             for row in [dict(r) for r in txn.scan(db, "dumpster", prefix=(self.guid,))]:
                 if wanted is not None and row["did"] not in wanted:

@@ -280,7 +280,7 @@ class Server:
                     "(plus one recovery storage group); delete one or use another server"
                 )
             prefix = free[0]
-        folder = name.replace("/", "_")
+        folder = name
         log = log_path or (folder if not recovery else os.path.join(folder))
         system = system_path or log
         for p in (log, system):
@@ -357,7 +357,7 @@ class Server:
         counted = [d for d in self.databases() if not d.sg.recovery]
         if not sg.recovery and len(counted) >= MAX_DATABASES:
             raise ConfigError(f"server {self.name} already has {MAX_DATABASES} databases, the limit")
-        base = name.replace("/", "_")
+        base = name
         edb_rel = edb or os.path.join(os.path.relpath(sg.system_path, self.data), f"{base}.edb")
         stm_rel = stm or os.path.splitext(edb_rel)[0] + ".stm"
         taken = {d.edb for d in self.databases()} | {d.stm for d in self.databases()}
@@ -387,18 +387,21 @@ class Server:
             changes["msExchEDBOffline"] = None if mount_at_startup else True
         if allow_restore_overwrite is not None:
             changes["msExchPatchMDB"] = True if allow_restore_overwrite else None
+        moves: list[tuple[str, str]] = []  # (from, to), checked before anything moves
         for attr, new, old in (("msExchEDBFile", edb, db.edb), ("msExchSLVFile", stm, db.stm)):
             if new is None or self.resolve(new) == old:
                 continue
             if mounted:
                 raise ConfigError(f"database {db.name} is mounted: dismount it before moving its files")
             target = self.resolve(new)
-            if os.path.exists(target):
-                raise ConfigError(f"{target} already exists; choose another path (nothing was moved)")
-            if os.path.exists(old):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.move(old, target)
+            extra = ("-wal", "-shm") if attr == "msExchEDBFile" else ()
+            for a, b in [(old, target), *((old + x, target + x) for x in extra)]:
+                if os.path.exists(b):
+                    raise ConfigError(f"{b} already exists; choose another path (nothing was moved)")
+                if os.path.exists(a):
+                    moves.append((a, b))
             changes[attr] = new
+        _move_all(moves)
         if changes:
             self.directory.replace(db.dn, **changes)
             self._changed()
@@ -462,11 +465,17 @@ def _norm(dn: str) -> str:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not name or name != name.strip() or any(c in name for c in "\\\0\n\r\t") or len(name) > 64:
+    """Names appear in ``SG/DB`` forms and backup selections (``SERVER/Information Store/SG/DB``),
+    so ``/`` is refused; a storage group may not be named like a log prefix (``E01``), which
+    commands also accept to name one."""
+    if not name or name != name.strip() or any(c in name for c in "/\\\0\n\r\t") or len(name) > 64 \
+            or any(ord(c) < 32 for c in name):
         raise ConfigError(
-            f"invalid {kind} name {name!r}: use 1-64 characters without backslashes, control "
+            f"invalid {kind} name {name!r}: use 1-64 characters without '/', backslashes, control "
             "characters or leading/trailing spaces"
         )
+    if kind == "storage group" and name.upper() in (*SG_PREFIXES, RECOVERY_PREFIX):
+        raise ConfigError(f"invalid storage group name {name!r}: it is a log prefix (E00-E03, R00); choose a name")
 
 
 def _move_group_files(src: str, dst: str, prefix: str, *, logs: bool) -> None:
@@ -479,12 +488,26 @@ def _move_group_files(src: str, dst: str, prefix: str, *, logs: bool) -> None:
                   or n.lower() in ("res1.log", "res2.log")]
     else:
         moving = [n for n in names if n.upper() in (f"{prefix}.CHK", f"{prefix}.LOCK")]
-    os.makedirs(dst, exist_ok=True)
     clash = [n for n in moving if os.path.exists(os.path.join(dst, n))]
     if clash:
         raise ConfigError(f"{dst} already holds {', '.join(clash)}; choose an empty folder (nothing was moved)")
-    for n in moving:
-        shutil.move(os.path.join(src, n), os.path.join(dst, n))
+    _move_all([(os.path.join(src, n), os.path.join(dst, n)) for n in moving])
+
+
+def _move_all(moves: list[tuple[str, str]]) -> None:
+    """Move files as one step: if one move fails, the ones done are moved back, so a
+    storage group's logs or a database's two files are never left split between folders."""
+    done: list[tuple[str, str]] = []
+    try:
+        for a, b in moves:
+            os.makedirs(os.path.dirname(b), exist_ok=True)
+            shutil.move(a, b)
+            done.append((a, b))
+    except OSError as e:
+        for a, b in reversed(done):
+            shutil.move(b, a)
+        raise ConfigError(f"moving {e.filename or ''} failed ({e.strerror or e}); every file was put back, "
+                          "nothing changed") from e
 
 
 __all__ = [

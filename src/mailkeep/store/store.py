@@ -34,10 +34,11 @@ from mailkeep.engine.storagegroup import StorageGroup
 from mailkeep.engine.transaction import ReadTransaction, Transaction
 from mailkeep.eventlog import EventLog
 from mailkeep.store import schema
-from mailkeep.store.errors import MAPI_E_FAILONEPROVIDER, StoreError
+from mailkeep.store.errors import MAPI_E_CALL_FAILED, MAPI_E_FAILONEPROVIDER, StoreError
 from mailkeep.store.server import ConfigError, DatabaseInfo, Server, StorageGroupInfo
 
 SOURCE = "MSExchangeIS"
+DISMOUNT_WAIT = 30.0  # seconds a dismount waits for the operations running on the database
 T = TypeVar("T")
 
 
@@ -78,6 +79,9 @@ class Store:
         self.groups: dict[str, StorageGroup] = {}
         self.mounted: dict[uuid.UUID, Mounted] = {}
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._busy: dict[uuid.UUID, int] = {}  # operations running on each mounted database
+        self._closing: set[uuid.UUID] = set()
         self.owns_directory = False
 
     @classmethod
@@ -194,10 +198,23 @@ class Store:
         """Dismount (Clean Shutdown). ``remember=False`` is a service stop, not an
         administrator's dismount: the database mounts again when the store next opens."""
         info = name if isinstance(name, DatabaseInfo) else self.server.database(name)
-        with self._lock:
-            m = self.mounted.pop(info.guid, None)
+        with self._cond:
+            m = self.mounted.get(info.guid)
             if m is not None:
-                m.sg.dismount(m.db)
+                # New operations are refused from here on; the ones running finish first
+                # (closing SQLite under a reader's feet would crash the process).
+                self._closing.add(info.guid)
+                try:
+                    if not self._cond.wait_for(lambda: not self._busy.get(info.guid), timeout=DISMOUNT_WAIT):
+                        raise StoreError(
+                            MAPI_E_CALL_FAILED,
+                            f"{info.kind} {info.path_name} is still in use after {DISMOUNT_WAIT:.0f} s; "
+                            "it stays mounted. Try again when the sessions using it have ended.",
+                        )
+                    del self.mounted[info.guid]
+                    m.sg.dismount(m.db)
+                finally:
+                    self._closing.discard(info.guid)
                 self.events.info(SOURCE, 9539, f"{info.kind} {info.path_name} dismounted.")
             if remember and self.server.mount_intended(info):
                 self.server.set_mount_intended(info, False)
@@ -244,25 +261,44 @@ class Store:
         return m
 
     @contextmanager
+    def _using(self, info: DatabaseInfo) -> Iterator[Mounted]:
+        """The mounted database, held mounted until the block ends."""
+        with self._cond:
+            m = self.handle(info)
+            if info.guid in self._closing:
+                raise StoreError(MAPI_E_FAILONEPROVIDER, f"{info.kind} {info.path_name} is being dismounted")
+            self._busy[info.guid] = self._busy.get(info.guid, 0) + 1
+        try:
+            yield m
+        finally:
+            with self._cond:
+                left = self._busy[info.guid] - 1
+                if left:
+                    self._busy[info.guid] = left
+                else:
+                    del self._busy[info.guid]
+                    self._cond.notify_all()
+
+    @contextmanager
     def write(self, info: DatabaseInfo) -> Iterator[tuple[Transaction, Database]]:
         """One durable transaction on a mounted database: committed when the block ends."""
-        m = self.handle(info)
-        txn = m.sg.begin()
-        try:
-            yield txn, m.db
-        except BaseException:
-            txn.rollback()
-            raise
-        txn.commit()
+        with self._using(info) as m:
+            txn = m.sg.begin()
+            try:
+                yield txn, m.db
+            except BaseException:
+                txn.rollback()
+                raise
+            txn.commit()
 
     @contextmanager
     def read(self, info: DatabaseInfo) -> Iterator[tuple[ReadTransaction, Database]]:
-        m = self.handle(info)
-        r = m.sg.reader()
-        try:
-            yield r, m.db
-        finally:
-            r.close()
+        with self._using(info) as m:
+            r = m.sg.reader()
+            try:
+                yield r, m.db
+            finally:
+                r.close()
 
     def close(self) -> None:
         """A service stop: dismount everything cleanly (mount intent is kept)."""
