@@ -377,3 +377,31 @@ def test_parallel_deliveries(
         assert {m.message_id for m in msgs} == want
     assert sorted(x["refs"] for x in rows(store, server.mailbox_store, "content")) == [2] * total
     assert sorted(x["refs"] for x in rows(store, second_db, "content")) == [1] * total
+
+
+def test_a_retried_delivery_is_not_stored_twice(store: Store, add_mailbox_user: Callable[..., str]) -> None:
+    """An MTA retries the whole message after a temporary failure for one recipient: the
+    recipients that got it already get no second copy (same Message-ID and bytes), while a
+    different message with the same Message-ID, or a message without one, is delivered."""
+    a, b = add_mailbox_user("alice"), add_mailbox_user("bob")
+    raw = message("<retry@x>")
+    first = delivery.deliver(store, source(raw), [a])
+    again = delivery.deliver(store, source(raw), [a, b])
+    assert [(o.recipient, o.status, o.message) for o in again.outcomes] == [
+        (a, "delivered", "already delivered (duplicate suppressed)"), (b, "delivered", "delivered")]
+    assert again.of(a).uid == first.of(a).uid
+    alice = open_mailbox(store, "alice")
+    assert [m.message_id for m in alice.messages()] == ["<retry@x>"]
+    with store.read(alice.info) as (r, db):
+        contents = list(r.scan(db, "content"))
+    assert sorted(c["refs"] for c in contents) == [1, 1]  # alice's first copy, bob's copy
+    only_dup = delivery.deliver(store, source(raw), [a])
+    assert only_dup.of(a).message == "already delivered (duplicate suppressed)"
+    with store.read(alice.info) as (r, db):
+        assert len(list(r.scan(db, "content"))) == 2  # the third stream was dropped with its transaction
+    edited = message("<retry@x>", body="a different body")
+    assert delivery.deliver(store, source(edited), [a]).of(a).message == "delivered"
+    no_id = b"From: x@y\r\nSubject: no id\r\n\r\nbody\r\n"
+    for _ in range(2):
+        assert delivery.deliver(store, source(no_id), [a]).of(a).message == "delivered"
+    assert [m.message_id for m in alice.messages()] == ["<retry@x>", "<retry@x>", "", ""]

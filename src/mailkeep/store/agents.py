@@ -298,17 +298,17 @@ def recover(store: Store, db: str | None = None, *, apply: bool = False) -> tupl
     at one account, the most recently used one is reconnected and the others are reported.
     Returns (suggestions, problems: every suggestion not applied, with the reason)."""
     out: list[Suggestion] = []
-    used: dict[str, float] = {}
+    used: dict[str, tuple[float, float]] = {}
     problems: list[str] = []
     for m in list_mailboxes(store, db, disconnected=True):
         if m.kind != schema.USER or m.tombstoned:
             continue
         match, reason = _likely_owner(store, m)
         out.append(Suggestion(m.guid, m.database, m.display_name, m.owner_dn, match, reason))
-        used[m.guid] = max(m.last_logon or 0.0, m.disconnected_at or 0.0)
+        used[m.guid] = (m.last_logon or 0.0, m.disconnected_at or 0.0)  # last logon first
     if apply:
         claimed: dict[str, str] = {}
-        for s in sorted(out, key=lambda x: -used[x.guid]):
+        for s in sorted(out, key=lambda x: used[x.guid], reverse=True):
             if s.match is None:
                 continue
             key = s.match.lower()

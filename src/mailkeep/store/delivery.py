@@ -11,6 +11,8 @@ Invariants:
   mailbox in transit that cannot be rerouted here, ...).
 - A recipient whose mailbox is in the tombstone table is rerouted once to the home the
   directory names now (the guide: "the server then tries to reroute the message").
+- A message already in a recipient's mailbox (same Message-ID, same bytes: an MTA's retry)
+  is not stored twice; the outcome says "delivered" (duplicate suppressed).
 - A source that cannot seek is spooled (to the data folder, in chunks) when more than one
   database needs it.
 """
@@ -149,6 +151,7 @@ def deliver_to_database(
         return [_failed(t.recipient, e) for t in targets]
     now = store.clock()
     placed: list[tuple[Target, int]] = []
+    dups: set[str] = set()
     try:
         with store.write(info) as (txn, db):
             ok: dict[str, Target] = {}
@@ -165,11 +168,16 @@ def deliver_to_database(
                 ok[t.guid] = t
             if ok:
                 stored = content.store_message(txn, db, source, envelope_from=sender)
-                cid = folders.add_content(txn, db, stored.stream, stored.size, stored.sha256, len(ok), now)
-                uids: dict[str, int] = {}
-                for guid in ok:
-                    fid = special_fid(txn, db, guid, "inbox", now)
-                    uids[guid] = folders.insert_message(txn, db, guid, fid, cid, stored.meta, internal_date=now)
+                uids = {g: uid for g in ok if (uid := _already_there(txn, db, g, stored))}
+                fresh = [g for g in ok if g not in uids]
+                if fresh:
+                    cid = folders.add_content(txn, db, stored.stream, stored.size, stored.sha256, len(fresh), now)
+                    for guid in fresh:
+                        fid = special_fid(txn, db, guid, "inbox", now)
+                        uids[guid] = folders.insert_message(txn, db, guid, fid, cid, stored.meta, internal_date=now)
+                else:
+                    txn.delete_stream(db, stored.stream)  # every copy is there already
+                dups = set(ok) - set(fresh)
                 placed = [(t, uids[t.guid]) for t in [*ok.values(), *firsts] if t.guid in uids]
     except Exception as e:  # noqa: BLE001 - rolled back: nobody in this database got it; say so per recipient
         if isinstance(e, StoreError):
@@ -183,8 +191,23 @@ def deliver_to_database(
         done = {o.recipient for o in out}
         return out + [_failed(t.recipient, err) for t in targets if t.recipient not in done]
     for t, uid in placed:
-        out.append(Outcome(t.recipient, DELIVERED, 0, "delivered", info.path_name, t.guid, uid))
+        note = "already delivered (duplicate suppressed)" if t.guid in dups else "delivered"
+        out.append(Outcome(t.recipient, DELIVERED, 0, note, info.path_name, t.guid, uid))
     return out
+
+
+def _already_there(txn: Any, db: Any, guid: str, stored: content.Stored) -> int:
+    """The UID of this very message (same Message-ID, same bytes) already in the mailbox, or 0.
+    An MTA that retries after a failure reported for another recipient must not make a
+    second copy (duplicate delivery suppression, as Exchange's store does by Message-ID)."""
+    mid = stored.meta.message_id
+    if not mid:
+        return 0
+    for row in txn.scan(db, "message", index="bymsgid", prefix=(guid, mid)):
+        c = txn.get(db, "content", (row["content"],))
+        if c is not None and c["sha256"] == stored.sha256 and int(c["size"]) == stored.size:
+            return int(row["uid"])
+    return 0
 
 
 def special_fid(txn: Any, db: Any, guid: str, special: str, now: float) -> int:
