@@ -10,8 +10,11 @@ input. Exit codes follow sysexits.h, which those MTAs understand:
   unreachable, disk full);
 - 78 EX_CONFIG: no server in the data folder; 64 EX_USAGE: wrong switches.
 
-With several recipients a temporary failure for one makes the MTA retry all, so configure
-one recipient per delivery (Postfix: ``mailkeep_destination_recipient_limit = 1``).
+With several recipients a temporary failure for one makes the MTA retry them all; those
+that already have the message get no second copy (the store suppresses a delivery whose
+Message-ID and bytes are already in the mailbox). An unknown recipient among known ones
+makes the MTA bounce the message for all of them, so one recipient per delivery is still the
+clearest setup (Postfix: ``mailkeep_destination_recipient_limit = 1``).
 """
 
 from __future__ import annotations

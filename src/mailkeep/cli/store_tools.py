@@ -94,7 +94,9 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--disconnected", action="store_true")
     ls.add_argument("--json", action="store_true")
     ms.add_parser("cleanup", help="run the Mailbox Cleanup Agent now").add_argument("--db")
-    ms.add_parser("purge", help="purge a disconnected mailbox").add_argument("guid")
+    pg = ms.add_parser("purge", help="purge a disconnected mailbox")
+    pg.add_argument("guid")
+    pg.add_argument("--db", help="the database holding it (when the GUID is in several)")
     rc = ms.add_parser("reconnect", help="connect a disconnected mailbox to an account without a mailbox")
     rc.add_argument("guid")
     rc.add_argument("user")
@@ -289,7 +291,7 @@ def _mailbox(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
             print(f"  disconnected {g}", file=out)
         return 0
     if ns.action == "purge":
-        m = agents.purge(store, ns.guid)
+        m = agents.purge(store, ns.guid, ns.db)
         print(f"Purged mailbox {m.guid} ({m.display_name}, {m.messages} item(s)) from {m.database}", file=out)
         return 0
     if ns.action == "reconnect":
