@@ -79,7 +79,7 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
         print(f"mailkeep deliver: temporary failure, the message was not delivered: {e}", file=err)
         return EX_TEMPFAIL
     try:
-        _mount_needed(store, rcpts)
+        _mount_needed(store, rcpts, err)
         report = delivery.deliver(store, src, rcpts, sender=sender)
     except Exception as e:  # noqa: BLE001 - whatever it was, the MTA keeps the message and retries
         print(f"mailkeep deliver: temporary failure, the message was not delivered: {type(e).__name__}: {e}",
@@ -102,7 +102,7 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
     return EX_OK
 
 
-def _mount_needed(store: Store, rcpts: list[str]) -> None:
+def _mount_needed(store: Store, rcpts: list[str], err: TextIO) -> None:
     """Mount the databases the recipients live in, if the administrator has them mounted."""
     for r in rcpts:
         try:
@@ -113,4 +113,4 @@ def _mount_needed(store: Store, rcpts: list[str]) -> None:
             try:
                 store.mount(t.info)
             except (ConfigError, EseError) as e:  # deliver() reports it dismounted: a temporary failure
-                print(f"mailkeep deliver: cannot mount {t.info.path_name}: {e}", file=sys.stderr)
+                print(f"mailkeep deliver: cannot mount {t.info.path_name}: {e}", file=err)

@@ -62,6 +62,7 @@ class MailboxEntry:
     last_logon: float | None
     disconnected_at: float | None
     tombstoned: bool = False
+    latest_item: float | None = None  # internal date of its newest message
 
 
 @dataclass
@@ -88,13 +89,15 @@ def list_mailboxes(store: Store, db: str | None = None, *, disconnected: bool = 
                 if mb["kind"] == schema.PUBLIC or (disconnected and mb["state"] != schema.DISCONNECTED):
                     continue
                 n = size = 0
+                latest: float | None = None
                 for m in r.scan(d, "message", prefix=(mb["guid"],)):
                     n += 1
                     size += int(m["size"])
+                    latest = max(latest or 0.0, float(m["internal_date"] or 0.0))
                 out.append(MailboxEntry(
                     mb["guid"], info.path_name, mb["kind"], mb["state"], mb["display_name"] or "",
                     mb["owner_dn"] or "", mb["legacy_dn"] or "", mb["account"] or "", mb["owner_guid"] or "",
-                    n, size, mb["last_logon"], mb["disconnected_at"], mb["guid"] in tombs,
+                    n, size, mb["last_logon"], mb["disconnected_at"], mb["guid"] in tombs, latest,
                 ))
             if not disconnected:  # tombstones whose mailbox is gone (moved away, or purged)
                 listed = {m.guid for m in out if m.database == info.path_name}
@@ -159,6 +162,9 @@ def _cleanup_database(store: Store, info: DatabaseInfo, rep: CleanupReport, purg
                 txn.update(d, "tombstone", (guid,), {"reason": MOVED})
                 finished.append(guid)
                 continue
+            if mb["state"] == MOVING and mb["kind"] == schema.USER and _homed_owners(store, info, guid):
+                txn.update(d, "mailbox", (guid,), {"state": schema.CONNECTED})  # a move's copy, now the mailbox
+                continue
             if mb["kind"] == schema.PUBLIC or mb["state"] not in (schema.CONNECTED, MOVING):
                 continue
             off, tomb = _orphaned(store, info, mb, sa)
@@ -191,6 +197,9 @@ def _cleanup_database(store: Store, info: DatabaseInfo, rep: CleanupReport, purg
         store.events.warning(IS_SOURCE, 9536, f"System attendant mailbox {guid} in {info.path_name} belongs "
                              "to another server: added to the mailbox tombstone table.")
     for guid in finished:
+        for other in _mailbox_dbs(store, None):
+            if other.guid != info.guid and _homed_owners(store, other, guid):
+                _connect_copy(store, other, guid)
         store.events.info(IS_SOURCE, 9538, f"Mailbox Cleanup Agent: the interrupted move of mailbox {guid} "
                           f"finished; its copy in {info.path_name} was removed (the directory homes it elsewhere).")
 
@@ -298,14 +307,14 @@ def recover(store: Store, db: str | None = None, *, apply: bool = False) -> tupl
     at one account, the most recently used one is reconnected and the others are reported.
     Returns (suggestions, problems: every suggestion not applied, with the reason)."""
     out: list[Suggestion] = []
-    used: dict[str, tuple[float, float]] = {}
+    used: dict[str, tuple[float, float, float]] = {}
     problems: list[str] = []
     for m in list_mailboxes(store, db, disconnected=True):
         if m.kind != schema.USER or m.tombstoned:
             continue
         match, reason = _likely_owner(store, m)
         out.append(Suggestion(m.guid, m.database, m.display_name, m.owner_dn, match, reason))
-        used[m.guid] = (m.last_logon or 0.0, m.disconnected_at or 0.0)  # last logon first
+        used[m.guid] = (m.last_logon or 0.0, m.latest_item or 0.0, m.disconnected_at or 0.0)
     if apply:
         claimed: dict[str, str] = {}
         for s in sorted(out, key=lambda x: used[x.guid], reverse=True):
