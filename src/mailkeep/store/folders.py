@@ -15,7 +15,7 @@ from typing import Any
 from mailkeep.engine.database import Database
 from mailkeep.engine.transaction import Transaction
 from mailkeep.store import schema
-from mailkeep.store.errors import MAPI_E_COLLISION, MAPI_E_NOT_FOUND, StoreError
+from mailkeep.store.errors import MAPI_E_COLLISION, MAPI_E_INVALID_PARAMETER, MAPI_E_NOT_FOUND, StoreError
 
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
@@ -93,9 +93,7 @@ def delete_mailbox_rows(txn: Transaction, db: Database, guid: str) -> int:
 def new_folder(
     txn: Transaction, db: Database, mailbox: str, parent: int, name: str, now: float, *, special: str | None = None,
 ) -> int:
-    if not name or "/" in name or any(ord(c) < 32 for c in name):
-        raise StoreError(MAPI_E_COLLISION if name else MAPI_E_NOT_FOUND,
-                         f"invalid folder name {name!r}: no '/' or control characters")
+    check_folder_name(name)
     if find_child(txn, db, mailbox, parent, name) is not None:
         raise StoreError(MAPI_E_COLLISION, f"a folder named {name!r} already exists there")
     mb = txn.get(db, "mailbox", (mailbox,))
@@ -105,6 +103,13 @@ def new_folder(
     txn.update(db, "mailbox", (mailbox,), {"next_fid": fid + 1})
     txn.insert(db, "folder", _folder_row(mailbox, fid, parent, name, special, now))
     return fid
+
+
+def check_folder_name(name: str) -> None:
+    if not name or "/" in name or any(ord(c) < 32 or ord(c) == 127 for c in name) or name != name.strip() \
+            or len(name) > 255:
+        raise StoreError(MAPI_E_INVALID_PARAMETER, f"invalid folder name {name!r}: 1-255 characters, no '/', "
+                         "no control characters, no leading or trailing spaces")
 
 
 def find_child(txn: Any, db: Database, mailbox: str, parent: int, name: str) -> dict[str, Any] | None:

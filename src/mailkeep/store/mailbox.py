@@ -144,7 +144,9 @@ class Mailbox:
             parent = self._fid_in(txn, db, parent_path) if parent_path else schema.ROOT_FID
             if _is_below(txn, db, self.guid, parent, f.fid):
                 raise StoreError(MAPI_E_NO_SUPPORT, "a folder cannot be moved under itself")
-            if folders.find_child(txn, db, self.guid, parent, parts[-1]) is not None:
+            folders.check_folder_name(parts[-1])
+            clash = folders.find_child(txn, db, self.guid, parent, parts[-1])
+            if clash is not None and int(clash["fid"]) != f.fid:
                 raise StoreError(MAPI_E_COLLISION, f"folder {new!r} already exists")
             txn.update(db, "folder", (self.guid, f.fid), {"parent": parent, "name": parts[-1]})
         return self.folder(new)
@@ -205,8 +207,9 @@ class Mailbox:
             return r.readall()
 
     def _rows(self, txn: Any, db: Any, fid: int, uids: Iterable[int]) -> list[dict[str, Any]]:
+        """The messages with these UIDs, each once (a UID named twice is one message)."""
         out = []
-        for uid in uids:
+        for uid in dict.fromkeys(int(u) for u in uids):
             row = txn.get(db, "message", (self.guid, fid, int(uid)))
             if row is not None:
                 out.append(dict(row))
@@ -315,8 +318,9 @@ def _special(txn: Any, db: Any, guid: str, special: str, now: float | None = Non
 
 
 def _normpath(path: str) -> str:
-    p = "/".join(x for x in path.strip("/").split("/") if x)
-    return p.lower() if p.lower().startswith("inbox") and (len(p) == 5 or p[5] == "/") else p
+    """Folder names are unique without regard to case within a parent (as in Exchange), so
+    paths compare without case too."""
+    return "/".join(x for x in path.strip("/").split("/") if x).lower()
 
 
 def _tree(rows: list[dict[str, Any]]) -> list[FolderInfo]:
