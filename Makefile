@@ -33,9 +33,10 @@ test: lint pytest
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+DATA ?= ./mailkeep-data
+
 serve: $(STAMP)
-	@echo "mailkeep serve arrives with the mail-service issue (#6); the engine and 'mailkeep eseutil' work today."
-	@false
+	$(BIN)/mailkeep --data $(DATA) serve
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

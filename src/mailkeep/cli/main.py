@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mailkeep.cli import directory_tools, store_tools
 
     store_tools.add_parsers(sub)
+    from mailkeep.cli import serve
+
+    serve.add_parser(sub)
     directory_tools.add_parsers(sub)
     ev = sub.add_parser("events", help="show the application event log")
     ev.add_argument("--source")
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(args)
     if data is None:
         data = ns.data
+    if ns.command == "serve":
+        return serve.main(ns, data=data_dir(data))
     if ns.command in store_tools.COMMANDS:
         return store_tools.main(ns, data=data_dir(data))
     if ns.command in ("user", "directory"):

@@ -1,0 +1,129 @@
+"""The service host of `mailkeep serve`: one process owning the data folder's store.
+
+Invariants:
+- Start: set up a new server on first start (and print, once, a generated administrator
+  password, stored hashed); mount the databases meant to be mounted and marked "mount at
+  start-up"; start the periodic agents; listen on loopback by default.
+- ``<data>/serve.json`` names the running process and its addresses while it runs (the
+  contract of ARCHITECTURE §10) and is removed at a clean stop.
+- Stop (SIGTERM, SIGINT): stop accepting, finish running deliveries, dismount every database
+  Clean Shutdown (the administrator's mount intent is kept for the next start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import threading
+from dataclasses import dataclass
+from typing import TextIO
+
+from aiosmtpd.controller import Controller
+
+from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, DeliveryHandler
+from mailkeep.store.maintenance import Maintenance
+from mailkeep.store.server import Server
+from mailkeep.store.setup import default_server_name, setup_server
+from mailkeep.store.store import Store
+
+STATE = "serve.json"
+DEFAULT_DOMAIN = "mailkeep.test"  # RFC 2606: never a real domain; `mailkeep setup --domain` sets yours
+
+
+@dataclass
+class Options:
+    bind: str = "127.0.0.1"
+    smtp_port: int = 2525
+    domain: str = DEFAULT_DOMAIN
+    size_limit: int = DEFAULT_SIZE_LIMIT
+    maintenance_interval: float = 15 * 60.0
+
+
+class Service:
+    def __init__(self, data: str, options: Options | None = None, *, out: TextIO | None = None) -> None:
+        self.data = os.path.abspath(data)
+        self.options = options or Options()
+        self.out = out
+        self.store: Store | None = None
+        self.maintenance: Maintenance | None = None
+        self.smtp: Controller | None = None
+
+    def _say(self, text: str) -> None:
+        if self.out is not None:
+            print(text, file=self.out, flush=True)
+
+    def _first_start(self) -> None:
+        res = setup_server(self.data, domain=self.options.domain, server=default_server_name())
+        password = secrets.token_urlsafe(12)
+        from mailkeep.directory.setup import open_directory
+
+        d = open_directory(self.data)
+        try:
+            d.add_user("Administrator", password_text=password, display_name="Administrator")
+        finally:
+            d.close()
+        self._say(f"First start: server {res.server.name} set up in {self.data} (domain {self.options.domain}).")
+        self._say(f"Administrator password (shown this once, stored hashed): {password}")
+
+    def start(self) -> None:
+        if not os.path.exists(Server.state_path(self.data)):
+            self._first_start()
+        store = Store.open(self.data)
+        self.store = store
+        try:
+            mounted = store.mount_intended(startup=True)
+            self.maintenance = Maintenance(store, interval=self.options.maintenance_interval)
+            self.maintenance.start()
+            handler = DeliveryHandler(store, server_name=store.server.name, domains={store.directory.domain})
+            self.smtp = Controller(handler, hostname=self.options.bind, port=self.options.smtp_port,
+                                   data_size_limit=self.options.size_limit, server_hostname=store.server.name)
+            self.smtp.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+        self._say(f"Mailkeep server {store.server.name} running (pid {os.getpid()}), data in {self.data}")
+        for info in mounted:
+            self._say(f"  mounted {info.kind} {info.path_name}")
+        self._say(f"  SMTP  {self.options.bind}:{self.options.smtp_port}  (mail for @{store.directory.domain})")
+        self._say("  IMAP, POP3, HTTP: not yet (issue 6)")
+
+    def _write_state(self) -> None:
+        path = os.path.join(self.data, STATE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port}, f)
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        if self.smtp is not None:
+            self.smtp.stop()  # no new sessions; a delivery in flight finishes before the loop ends
+            self.smtp = None
+        if self.maintenance is not None:
+            self.maintenance.stop()
+            self.maintenance = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        try:
+            os.unlink(os.path.join(self.data, STATE))
+        except FileNotFoundError:
+            pass
+        self._say("Mailkeep server stopped; databases dismounted (Clean Shutdown).")
+
+
+def run(data: str, options: Options, out: TextIO) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    svc = Service(data, options, out=out)
+    svc.start()
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        svc.stop()
+    return 0
