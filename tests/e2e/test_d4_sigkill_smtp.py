@@ -79,7 +79,8 @@ class Server:
         self.err_path = logdir / f"{name}.err"
         self.err = open(self.err_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailkeep", "--data", data, "serve", "--smtp", str(self.port)],
+            [sys.executable, "-m", "mailkeep", "--data", data, "serve", "--smtp", str(self.port),
+             "--pop3", str(free_port())],
             stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err, cwd=data,
         )
 

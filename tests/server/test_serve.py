@@ -30,8 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, "-m", "mailkeep", "--data", str(data), "serve", "--smtp", str(port), *extra],
+def start(data: Path, port: int, *extra: str, pop3: int | None = None) -> subprocess.Popen[str]:
+    args = ["serve", "--smtp", str(port), "--pop3", str(pop3 or free_port()), *extra]
+    p = subprocess.Popen([sys.executable, "-m", "mailkeep", "--data", str(data), *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (data / "serve.json").exists():
@@ -84,7 +85,7 @@ def msg(mid: str) -> bytes:
 def test_smtp_replies_and_durable_delivery(data: Path, server: tuple[subprocess.Popen[str], int]) -> None:
     p, port = server
     state = json.loads((data / "serve.json").read_text())
-    assert state == {"pid": p.pid, "bind": "127.0.0.1", "smtp": port}
+    assert {k: state[k] for k in ("pid", "bind", "smtp")} == {"pid": p.pid, "bind": "127.0.0.1", "smtp": port}
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
         code, caps = c.ehlo("client.example.org")
         assert code == 250 and b"SIZE 33554432" in caps and b"8BITMIME" in caps

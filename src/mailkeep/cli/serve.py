@@ -13,6 +13,7 @@ def add_parser(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the server (store, agents, SMTP); sets up a new data folder on first start")
     s.add_argument("--bind", default="127.0.0.1", help="address to listen on (default loopback only)")
     s.add_argument("--smtp", type=int, default=2525, metavar="PORT")
+    s.add_argument("--pop3", type=int, default=1110, metavar="PORT")
     s.add_argument("--domain", default=DEFAULT_DOMAIN, help="mail domain for a first start (default %(default)s)")
 
 
@@ -21,7 +22,7 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
     from mailkeep.store.server import ConfigError
 
     try:
-        return run(data, Options(bind=ns.bind, smtp_port=ns.smtp, domain=ns.domain), sys.stdout)
+        return run(data, Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, domain=ns.domain), sys.stdout)
     except (ConfigError, EseError, OSError) as e:
         print(f"mailkeep serve: {e}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ from typing import TextIO
 
 from aiosmtpd.controller import Controller
 
+from mailkeep.server.pop3_server import Pop3Server
 from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, DeliveryHandler
 from mailkeep.store.maintenance import Maintenance
 from mailkeep.store.server import Server
@@ -36,6 +37,7 @@ DEFAULT_DOMAIN = "mailkeep.test"  # RFC 2606: never a real domain; `mailkeep set
 class Options:
     bind: str = "127.0.0.1"
     smtp_port: int = 2525
+    pop3_port: int = 1110
     domain: str = DEFAULT_DOMAIN
     size_limit: int = DEFAULT_SIZE_LIMIT
     maintenance_interval: float = 15 * 60.0
@@ -49,6 +51,7 @@ class Service:
         self.store: Store | None = None
         self.maintenance: Maintenance | None = None
         self.smtp: Controller | None = None
+        self.pop3: Pop3Server | None = None
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -80,6 +83,8 @@ class Service:
             self.smtp = Controller(handler, hostname=self.options.bind, port=self.options.smtp_port,
                                    data_size_limit=self.options.size_limit, server_hostname=store.server.name)
             self.smtp.start()
+            self.pop3 = Pop3Server(store, self.options.bind, self.options.pop3_port)
+            self.pop3.start()
         except BaseException:
             self.stop()
             raise
@@ -88,16 +93,21 @@ class Service:
         for info in mounted:
             self._say(f"  mounted {info.kind} {info.path_name}")
         self._say(f"  SMTP  {self.options.bind}:{self.options.smtp_port}  (mail for @{store.directory.domain})")
-        self._say("  IMAP, POP3, HTTP: not yet (issue 6)")
+        self._say(f"  POP3  {self.options.bind}:{self.options.pop3_port}")
+        self._say("  IMAP, HTTP: not yet (issue 6)")
 
     def _write_state(self) -> None:
         path = os.path.join(self.data, STATE)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port}, f)
+            json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port,
+                       "pop3": self.options.pop3_port}, f)
         os.replace(tmp, path)
 
     def stop(self) -> None:
+        if self.pop3 is not None:
+            self.pop3.stop()
+            self.pop3 = None
         if self.smtp is not None:
             self.smtp.stop()  # no new sessions; a delivery in flight finishes before the loop ends
             self.smtp = None

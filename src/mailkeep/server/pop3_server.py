@@ -1,0 +1,156 @@
+"""POP3 over asyncio: moves bytes between sockets and :class:`~mailkeep.server.pop3.Pop3Session`,
+and adapts a mailbox's Inbox to the session's maildrop.
+
+Invariants: store calls (authentication, listing, reading, deleting) run in worker threads,
+never on the event loop; a message is written as it is read, chunk by chunk; an idle
+connection is closed after ``IDLE_TIMEOUT`` (RFC 1939's ten minutes); user names and
+passwords are never logged. Plain-text logins are accepted only from loopback clients until
+STLS exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from mailkeep.server.pop3 import MAX_LINE, InUse, Item, Maildrop, Pop3Session
+from mailkeep.store.errors import StoreError
+from mailkeep.store.mailbox import Mailbox, open_mailbox
+from mailkeep.store.store import Store
+
+IDLE_TIMEOUT = 600.0
+
+
+class InboxMaildrop:
+    """A mailbox's Inbox as a POP3 maildrop, locked against a second POP3 session."""
+
+    def __init__(self, mailbox: Mailbox, locks: set[str], lock: threading.Lock) -> None:
+        self.mailbox = mailbox
+        self._locks = locks
+        self._lock = lock
+        self.uidvalidity = mailbox.folder("INBOX").uidvalidity
+
+    def items(self) -> list[Item]:
+        return [Item(m.uid, m.size) for m in self.mailbox.messages("INBOX")]
+
+    def content(self, uid: int) -> Iterator[bytes]:
+        with self.mailbox.fetch("INBOX", uid) as r:
+            while chunk := r.read(64 * 1024):
+                yield chunk
+
+    def delete(self, uids: list[int]) -> None:
+        if uids:
+            self.mailbox.delete("INBOX", uids)
+
+    def release(self) -> None:
+        with self._lock:
+            self._locks.discard(self.mailbox.guid)
+
+
+class Pop3Server:
+    def __init__(self, store: Store, host: str, port: int) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self._locks: set[str] = set()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _authenticator(self, peer: str) -> Any:
+        loopback = _is_loopback(peer)
+
+        def authenticate(user: str, password: str) -> Maildrop | None:
+            if not loopback:
+                return None  # plain-text passwords only from loopback until STLS
+            entry = self.store.directory.authenticate(user, password)
+            if entry is None:
+                return None
+            try:
+                mb = open_mailbox(self.store, entry.dn)
+            except StoreError:
+                return None
+            with self._lock:
+                if mb.guid in self._locks:
+                    raise InUse()
+                self._locks.add(mb.guid)
+            try:
+                return InboxMaildrop(mb, self._locks, self._lock)
+            except BaseException:
+                with self._lock:
+                    self._locks.discard(mb.guid)
+                raise
+
+        return authenticate
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
+        session = Pop3Session(self._authenticator(peer), server_name=self.store.server.name)
+        try:
+            writer.write(session.greeting())
+            await writer.drain()
+            while not session.closed:
+                try:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT)
+                except asyncio.LimitOverrunError:
+                    writer.write(b"-ERR line too long; goodbye\r\n")
+                    break
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    break
+                for reply in await loop.run_in_executor(None, session.handle, line):
+                    if isinstance(reply, bytes):
+                        writer.write(reply)
+                        continue
+                    while (chunk := await loop.run_in_executor(None, next, reply, None)) is not None:
+                        writer.write(chunk)
+                        await writer.drain()
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await loop.run_in_executor(None, session.connection_lost)
+            writer.close()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mailkeep-pop3", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._client, self.host, self.port, limit=MAX_LINE + 2))
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        loop.run_forever()
+        self._server.close()
+        loop.run_until_complete(self._server.wait_closed())
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+        self._thread = None
+
+
+def _is_loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
