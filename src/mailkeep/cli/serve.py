@@ -14,6 +14,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--bind", default="127.0.0.1", help="address to listen on (default loopback only)")
     s.add_argument("--smtp", type=int, default=2525, metavar="PORT")
     s.add_argument("--pop3", type=int, default=1110, metavar="PORT")
+    s.add_argument("--imap", type=int, default=1143, metavar="PORT")
     s.add_argument("--domain", default=DEFAULT_DOMAIN, help="mail domain for a first start (default %(default)s)")
 
 
@@ -22,7 +23,8 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
     from mailkeep.store.server import ConfigError
 
     try:
-        return run(data, Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, domain=ns.domain), sys.stdout)
+        options = Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, imap_port=ns.imap, domain=ns.domain)
+        return run(data, options, sys.stdout)
     except (ConfigError, EseError, OSError) as e:
         print(f"mailkeep serve: {e}", file=sys.stderr)
         return 1

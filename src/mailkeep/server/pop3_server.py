@@ -11,12 +11,12 @@ STLS exists.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from mailkeep.server.pop3 import MAX_LINE, InUse, Item, Maildrop, Pop3Session
+from mailkeep.server.tcp import ThreadedServer, is_loopback
 from mailkeep.store.errors import StoreError
 from mailkeep.store.mailbox import Mailbox, open_mailbox
 from mailkeep.store.store import Store
@@ -50,21 +50,17 @@ class InboxMaildrop:
             self._locks.discard(self.mailbox.guid)
 
 
-class Pop3Server:
+class Pop3Server(ThreadedServer):
+    line_limit = MAX_LINE + 2
+
     def __init__(self, store: Store, host: str, port: int) -> None:
+        super().__init__(host, port)
         self.store = store
-        self.host = host
-        self.port = port
         self._locks: set[str] = set()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     def _authenticator(self, peer: str) -> Any:
-        loopback = _is_loopback(peer)
+        loopback = is_loopback(peer)
 
         def authenticate(user: str, password: str) -> Maildrop | None:
             if not loopback:
@@ -89,7 +85,7 @@ class Pop3Server:
 
         return authenticate
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
         session = Pop3Session(self._authenticator(peer), server_name=self.store.server.name)
@@ -118,39 +114,3 @@ class Pop3Server:
             await loop.run_in_executor(None, session.connection_lost)
             writer.close()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mailkeep-pop3", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._client, self.host, self.port, limit=MAX_LINE + 2))
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._error = e
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        loop.run_forever()
-        self._server.close()
-        loop.run_until_complete(self._server.wait_closed())
-        loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-        self._thread = None
-
-
-def _is_loopback(peer: str) -> bool:
-    try:
-        return ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        return False

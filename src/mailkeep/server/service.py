@@ -22,6 +22,7 @@ from typing import TextIO
 
 from aiosmtpd.controller import Controller
 
+from mailkeep.server.imap_server import ImapServer
 from mailkeep.server.pop3_server import Pop3Server
 from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, DeliveryHandler
 from mailkeep.store.maintenance import Maintenance
@@ -38,6 +39,7 @@ class Options:
     bind: str = "127.0.0.1"
     smtp_port: int = 2525
     pop3_port: int = 1110
+    imap_port: int = 1143
     domain: str = DEFAULT_DOMAIN
     size_limit: int = DEFAULT_SIZE_LIMIT
     maintenance_interval: float = 15 * 60.0
@@ -52,6 +54,7 @@ class Service:
         self.maintenance: Maintenance | None = None
         self.smtp: Controller | None = None
         self.pop3: Pop3Server | None = None
+        self.imap: ImapServer | None = None
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -85,6 +88,8 @@ class Service:
             self.smtp.start()
             self.pop3 = Pop3Server(store, self.options.bind, self.options.pop3_port)
             self.pop3.start()
+            self.imap = ImapServer(store, self.options.bind, self.options.imap_port)
+            self.imap.start()
         except BaseException:
             self.stop()
             raise
@@ -93,18 +98,22 @@ class Service:
         for info in mounted:
             self._say(f"  mounted {info.kind} {info.path_name}")
         self._say(f"  SMTP  {self.options.bind}:{self.options.smtp_port}  (mail for @{store.directory.domain})")
+        self._say(f"  IMAP  {self.options.bind}:{self.options.imap_port}")
         self._say(f"  POP3  {self.options.bind}:{self.options.pop3_port}")
-        self._say("  IMAP, HTTP: not yet (issue 6)")
+        self._say("  HTTP: not yet (issue 6)")
 
     def _write_state(self) -> None:
         path = os.path.join(self.data, STATE)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port,
-                       "pop3": self.options.pop3_port}, f)
+                       "pop3": self.options.pop3_port, "imap": self.options.imap_port}, f)
         os.replace(tmp, path)
 
     def stop(self) -> None:
+        if self.imap is not None:
+            self.imap.stop()
+            self.imap = None
         if self.pop3 is not None:
             self.pop3.stop()
             self.pop3 = None
