@@ -326,6 +326,8 @@ class ImapSession:
             top = max(self.uids) if self.uids else 0
             wanted = set(sequence_set(spec, top)) if self.uids else set()
             return [(i, u) for i, u in enumerate(self.uids, 1) if u in wanted]
+        if any(int(x) > len(self.uids) for x in re.findall(r"\d+", spec)):
+            raise Bad(f"invalid message sequence number in {spec} (the mailbox has {len(self.uids)} messages)")
         nums = sequence_set(spec, len(self.uids))
         return [(n, self.uids[n - 1]) for n in nums if n <= len(self.uids)]
 

@@ -21,6 +21,7 @@ from mailkeep.store.store import Store
 
 MAX_LINE = 8192
 MAX_LITERAL = 32 * 1024 * 1024
+MAX_LITERAL_BEFORE_LOGIN = 4096  # a user name or password; nobody unauthenticated gets 32 MiB held
 IDLE_TIMEOUT = 30 * 60.0
 
 
@@ -40,7 +41,9 @@ class ImapServer(ThreadedServer):
         except StoreError:
             return None
 
-    async def _command(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+    async def _command(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int = MAX_LITERAL,
+    ) -> bytes | None:
         """One command with its literals, or None when the connection should end."""
         buf = b""
         while True:
@@ -56,11 +59,11 @@ class ImapServer(ThreadedServer):
             if n is None:
                 return buf
             tag = buf.split(b" ", 1)[0][:32]
-            if n > MAX_LITERAL:
+            if n > limit:
                 if line.rstrip().endswith(b"+}"):
                     writer.write(b"* BYE literal too large\r\n")
                     return None
-                writer.write(tag + b" NO [TOOBIG] literal larger than %d octets\r\n" % MAX_LITERAL)
+                writer.write(tag + b" NO [TOOBIG] literal larger than %d octets\r\n" % limit)
                 await writer.drain()
                 return b""
             if not line.rstrip().endswith(b"+}"):
@@ -76,7 +79,8 @@ class ImapServer(ThreadedServer):
             writer.write(session.greeting())
             await writer.drain()
             while not session.closed:
-                cmd = await self._command(reader, writer)
+                limit = MAX_LITERAL_BEFORE_LOGIN if session.state == "NOT_AUTH" else MAX_LITERAL
+                cmd = await self._command(reader, writer, limit)
                 if cmd is None:
                     break
                 if not cmd:
