@@ -639,8 +639,7 @@ def test_unsupported_items_and_commands_are_refused(imap_server: tuple[subproces
     r = Raw(port)
     r.login()
     assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
-    for i, text in enumerate([b"FETCH 1 ENVELOPE", b"FETCH 1 (ENVELOPE)", b"FETCH 1 BODYSTRUCTURE",
-                              b"UID FETCH 1 (ENVELOPE)", b"FETCH 1 ALL", b"FETCH 1 FULL", b"IDLE",
+    for i, text in enumerate([b"FETCH 1 BODYSTRUCTURE", b"FETCH 1 (BODY)", b"FETCH 1 FULL", b"IDLE",
                               b"STARTTLS", b"AUTHENTICATE PLAIN"]):
         tag = b"u%d" % i
         reply = r.cmd(tag, text)
@@ -870,3 +869,27 @@ def test_before_login_a_literal_may_hold_a_password_not_a_message(
     r.s.sendall(b"alice pw\r\n")
     assert r.until(b"h2")[-1].startswith(b"h2 OK ")
     r.close()
+
+
+def test_envelope(imap_server: tuple[subprocess.Popen[str], int, int]) -> None:
+    _p, smtp, port = imap_server
+    deliver(smtp, body(1), b"Date: Wed, 25 Nov 2026 10:00:00 +0000\r\nFrom: \"Bob B\" <bob@example.org>\r\n"
+            b"To: alice@contoso.com,\r\n Carol <carol@contoso.com>\r\nCc: dave@contoso.com\r\n"
+            b"Reply-To: list@example.org\r\nSubject: hi \"there\"\r\nIn-Reply-To: <m1@x>\r\n"
+            b"Message-ID: <m2@x>\r\n\r\nbody\r\n")
+    c = login(port)
+    c.select("INBOX")
+    typ, dat = c.fetch("1:2", "(ENVELOPE)")
+    assert typ == "OK"
+    assert dat == [
+        b'1 (ENVELOPE (NIL "subject number 1" (("Sender 1" NIL "s1" "example.org")) (("Sender 1" NIL "s1" '
+        b'"example.org")) (("Sender 1" NIL "s1" "example.org")) ((NIL NIL "alice" "contoso.com")) NIL NIL NIL '
+        b'"<m1@x>"))',
+        b'2 (ENVELOPE ("Wed, 25 Nov 2026 10:00:00 +0000" "hi \\"there\\"" (("Bob B" NIL "bob" "example.org")) '
+        b'(("Bob B" NIL "bob" "example.org")) ((NIL NIL "list" "example.org")) ((NIL NIL "alice" "contoso.com")'
+        b'("Carol" NIL "carol" "contoso.com")) ((NIL NIL "dave" "contoso.com")) NIL "<m1@x>" "<m2@x>"))',
+    ]
+    typ, dat = c.fetch("2", "ALL")
+    assert typ == "OK" and b"ENVELOPE (" in fetch_line(dat) and b"RFC822.SIZE" in fetch_line(dat)
+    assert flags_of(c.fetch("2", "(FLAGS)")[1]) == {2: set()}  # ENVELOPE does not set \\Seen
+    c.logout()

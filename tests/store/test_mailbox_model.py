@@ -6,12 +6,15 @@ the same change to a model of plain dicts:
 
 - delivery to the user (``delivery.deliver``) and ``append`` with flags, of messages with a
   unique Message-ID, CRLF or bare-LF line ends, some larger than one 64 KiB content chunk;
-- ``create_folder`` (nested paths, under INBOX or a standard folder, collisions),
-  ``rename_folder`` (moves across the tree, refusals: standard folder, under itself,
-  collision, missing parent), ``delete_folder`` (its subtree's messages go to deleted item
-  retention, in the store's depth-first order);
+- ``create_folder`` (nested paths, under INBOX or a standard folder; refusals: collision,
+  invalid name), ``rename_folder`` (moves across the tree, case changes; refusals: standard
+  folder, under itself, collision, missing parent, invalid name), ``delete_folder`` (its
+  subtree's messages go to deleted item retention, in the store's depth-first order);
+  every path in any case (names are unique without case, paths compare without case) and
+  names that differ from existing ones only in case;
 - ``set_flags`` replace/add/remove, ``copy`` and ``move`` (same or other folder),
-  ``delete``, ``expunge`` (all, or a subset of UIDs), ``recover_deleted`` (all, or some);
+  ``delete``, ``expunge`` (all, or some UIDs), ``recover_deleted`` (all, or some); a UID
+  set may name a UID twice (it is one message) or one the folder does not hold;
 - a clean restart (``Store.close`` then ``Store.open`` + ``mount_intended`` + ``open_mailbox``)
   and a crash (``StorageGroup.crash`` of every group, sometimes with a write transaction
   open and never committed, then reopen: soft recovery).
@@ -23,9 +26,8 @@ flags, content id), deleted item retention, content reference counts (the ``cont
 holds exactly the content rows' streams) and the bytes of a rotating sample of messages;
 after a restart or crash every message's bytes are read.
 
-Bugs this exploration found outside the machine's input domain (repeated UIDs in one call;
-folder names differing only in case; control characters in a rename) have their own minimal
-tests at the end of this file.
+The minimal tests at the end of the file are the bugs this model first found (a UID named
+twice; a path differing only in case; a rename to a name create refuses).
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from mailkeep.directory import tasks
 from mailkeep.store import content, delivery, folders, schema
-from mailkeep.store.errors import MAPI_E_COLLISION, MAPI_E_NO_SUPPORT, MAPI_E_NOT_FOUND, StoreError
+from mailkeep.store.errors import (
+    MAPI_E_COLLISION,
+    MAPI_E_INVALID_PARAMETER,
+    MAPI_E_NO_SUPPORT,
+    MAPI_E_NOT_FOUND,
+    StoreError,
+)
 from mailkeep.store.mailbox import Mailbox, open_mailbox
 from mailkeep.store.setup import setup_server
 from mailkeep.store.store import Store
@@ -54,9 +62,11 @@ from tests.store.conftest import LOG_SIZE, message, source
 
 ROOT = schema.ROOT_FID
 USER = "alice"
-# Distinct even ignoring case; "Drafts" collides with a standard folder at the top, "Inbox"
-# as a path's first part names INBOX (and is an ordinary name below the top).
-NAMES = ("A", "B", "Work", "x y", "Ärger", "Drafts", "Inbox")
+# Some differ only in case (names are unique without case); "Drafts" collides with a standard
+# folder at the top; "Inbox" as a path's first part names INBOX (an ordinary name below).
+NAMES = ("A", "a", "B", "Work", "WORK", "x y", "Ärger", "ärger", "Drafts", "drafts", "Inbox")
+INVALID_NAMES = (" lead", "trail ", "c\x01", "d\x7f", "x" * 256)  # create and rename refuse them
+name_st = st.integers(0, 9).flatmap(lambda n: st.sampled_from(INVALID_NAMES if n == 0 else NAMES))
 FLAGS = ("\\Seen", "\\seen", "\\Deleted", "\\DELETED", "\\Flagged", "\\Answered", "\\Draft", "$Forwarded", "Work")
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
 SEEN, DELETED = "\\Seen", "\\Deleted"
@@ -230,10 +240,8 @@ class MailboxModel(RuleBasedStateMachine):
         return dict(n)
 
     def api_path(self, data: st.DataObject, path: str) -> str:
-        """The path as a client may spell it: INBOX in any case."""
-        if path.split("/")[0] == "INBOX":
-            return data.draw(st.sampled_from(["INBOX", "inbox", "Inbox"])) + path[5:]
-        return path
+        """The path as a client may spell it: paths compare without case."""
+        return data.draw(st.sampled_from([path, path.lower(), path.upper(), path.swapcase()]))
 
     def pick_folder(self, data: st.DataObject, *, with_messages: bool = False) -> str:
         """Mostly INBOX, Deleted Items and the user's folders; sometimes any folder."""
@@ -247,12 +255,15 @@ class MailboxModel(RuleBasedStateMachine):
         return data.draw(st.sampled_from(["INBOX", "Deleted Items", *mine]))
 
     def pick_uids(self, data: st.DataObject, fid: int) -> list[int]:
-        """Distinct UIDs of the folder, in any order, sometimes with one it does not hold."""
+        """UIDs of the folder in any order; sometimes one it does not hold, or one twice."""
         f = self.folders[fid]
         uids = data.draw(st.lists(st.sampled_from(sorted(f.msgs)), min_size=1, unique=True) if f.msgs else st.just([]))
         if data.draw(st.integers(0, 4)) == 0:
             ghost = data.draw(st.sampled_from([u for u in range(1, f.uidnext + 3) if u not in f.msgs]))
             uids.insert(data.draw(st.integers(0, len(uids))), ghost)
+        if uids and data.draw(st.integers(0, 4)) == 0:
+            uids.insert(data.draw(st.integers(0, len(uids))), data.draw(st.sampled_from(uids)))
+            event("a UID named twice")
         return uids
 
     def new_message(self, body: tuple[int, int, bool]) -> tuple[str, bytes, bytes]:
@@ -329,7 +340,7 @@ class MailboxModel(RuleBasedStateMachine):
         paths = self.paths()
         src, dst = self.folders[paths[src_path]], self.folders[paths[dst_path]]
         uids = self.pick_uids(data, src.fid)
-        rows = [(uid, src.msgs[uid]) for uid in uids if uid in src.msgs]
+        rows = [(uid, src.msgs[uid]) for uid in dict.fromkeys(uids) if uid in src.msgs]  # a UID twice: once
         expected = {}
         for uid, m in rows:
             expected[uid] = self.insert(dst.fid, m)
@@ -344,7 +355,7 @@ class MailboxModel(RuleBasedStateMachine):
         path = self.pick_folder(data, with_messages=True)
         f = self.folders[self.paths()[path]]
         uids = self.pick_uids(data, f.fid)
-        removed = [uid for uid in uids if uid in f.msgs]
+        removed = [uid for uid in dict.fromkeys(uids) if uid in f.msgs]
         for uid in removed:
             self.to_dumpster(f.fid, f.msgs.pop(uid))
         assert self.mb.delete(self.api_path(data, path), uids) == removed
@@ -380,37 +391,43 @@ class MailboxModel(RuleBasedStateMachine):
     # -- folders -----------------------------------------------------------------------------------
     @rule(data=st.data())
     def create_folder(self, data: st.DataObject) -> None:
-        base = data.draw(st.sampled_from(["", *sorted(self.paths())]))
-        extra = data.draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=2))
+        base = self.api_path(data, data.draw(st.sampled_from(["", *sorted(self.paths())])))
+        again = base and data.draw(st.integers(0, 7)) == 0  # a folder that exists (in any case)
+        extra = [] if again else data.draw(st.lists(name_st, min_size=1, max_size=2))
         parts = [*base.split("/"), *extra] if base else extra
-        path = self.api_path(data, "/".join(parts))
-        parent, new = ROOT, list[int]()
+        path = "/".join(parts)
+        parent, new, error = ROOT, list[Folder](), None
         for i, name in enumerate(parts):
             if i == 0 and name.lower() == "inbox":
                 parent = self.special("inbox")
                 if len(parts) == 1:
-                    self.expect_error(MAPI_E_COLLISION, self.mb.create_folder, path)
-                    return
+                    error = MAPI_E_COLLISION
+                    break
                 continue
-            child = self.find_child(parent, name)
+            child = self.find_child(parent, name)  # None below a folder this call creates
             if child is not None:
                 if i == len(parts) - 1:
-                    assert not new
-                    self.expect_error(MAPI_E_COLLISION, self.mb.create_folder, path)
-                    return
+                    error = MAPI_E_COLLISION
+                    break
                 parent = child
                 continue
-            fid, self.next_fid = self.next_fid, self.next_fid + 1
-            self.folders[fid] = Folder(fid, parent, name, None, 0)
-            new.append(fid)
-            parent = fid
+            if name in INVALID_NAMES:
+                error = MAPI_E_INVALID_PARAMETER
+                break
+            new.append(Folder(self.next_fid + len(new), parent, name, None, 0))
+            parent = new[-1].fid
+        if error is not None:  # the transaction is rolled back: nothing was created
+            self.expect_error(error, self.mb.create_folder, path)
+            return
         got = self.mb.create_folder(path)
-        assert (got.fid, got.path, got.special, got.messages, got.uidnext) == (parent, self.path_of(parent), None, 0, 1)
         real = {f.fid: f for f in self.mb.folders()}
-        for fid in new:
-            uv = real[fid].uidvalidity
-            assert uv not in self.past_uidvalidity.get(self.path_of(fid), set()), "re-created folder kept UIDVALIDITY"
-            self.folders[fid].uidvalidity = uv
+        for f in new:
+            f.uidvalidity = real[f.fid].uidvalidity
+            self.folders[f.fid] = f
+            assert f.uidvalidity not in self.past_uidvalidity.get(self.path_of(f.fid).lower(), set()), \
+                "a re-created folder got its old UIDVALIDITY"
+        self.next_fid += len(new)
+        assert (got.fid, got.path, got.special, got.messages, got.uidnext) == (parent, self.path_of(parent), None, 0, 1)
         event(f"create_folder: {len(new)} new, depth {len(parts)}")
 
     @rule(data=st.data())
@@ -420,26 +437,37 @@ class MailboxModel(RuleBasedStateMachine):
         old = data.draw(st.sampled_from(mine or sorted(paths)))
         if data.draw(st.integers(0, 9)) == 0:
             old = data.draw(st.sampled_from(sorted(p for p, fid in paths.items() if self.folders[fid].special)))
-        new_parent = data.draw(st.sampled_from(["", "No/Such", *sorted(paths)]))
-        name = data.draw(st.sampled_from(NAMES))
-        new = self.api_path(data, f"{new_parent}/{name}" if new_parent else name)
         f = self.folders[paths[old]]
+        # the new parent: the current one (a case change or a no-op), or any folder, or none
+        here = self.path_of(f.parent) if f.parent != ROOT else ""
+        new_parent = data.draw(st.sampled_from([here, "", "No/Such", *sorted(paths)]))
         parent = self.resolve(new_parent)
+        there = [self.folders[c].name for c in self.children(parent)] if parent is not None else []
+        name = data.draw(st.one_of(name_st, st.sampled_from([f.name, f.name.swapcase(), *there])))
+        new_parent = self.api_path(data, new_parent)
+        new = f"{new_parent}/{name}" if new_parent else name
+        clash = None if parent is None else self.find_child(parent, name)
         if f.special is not None:
-            self.expect_error(MAPI_E_NO_SUPPORT, self.mb.rename_folder, self.api_path(data, old), new)
+            error = MAPI_E_NO_SUPPORT
         elif parent is None:
-            self.expect_error(MAPI_E_NOT_FOUND, self.mb.rename_folder, old, new)
+            error = MAPI_E_NOT_FOUND
         elif self.is_below(parent, f.fid):
-            self.expect_error(MAPI_E_NO_SUPPORT, self.mb.rename_folder, old, new)
-        elif self.find_child(parent, name) is not None:
-            self.expect_error(MAPI_E_COLLISION, self.mb.rename_folder, old, new)
+            error = MAPI_E_NO_SUPPORT
+        elif name in INVALID_NAMES:
+            error = MAPI_E_INVALID_PARAMETER
+        elif clash is not None and clash != f.fid:
+            error = MAPI_E_COLLISION
         else:
-            f.parent, f.name = parent, name
-            got = self.mb.rename_folder(old, new)
-            assert (got.fid, got.path, got.uidvalidity, got.uidnext) == (f.fid, self.path_of(f.fid),
-                                                                         f.uidvalidity, f.uidnext)
-            event(f"rename_folder: ok{', with messages' if f.msgs else ''}"
-                  f"{', with subfolders' if self.children(f.fid) else ''}")
+            error = None
+        if error is not None:
+            self.expect_error(error, self.mb.rename_folder, self.api_path(data, old), new)
+            return
+        f.parent, f.name = parent, name
+        got = self.mb.rename_folder(self.api_path(data, old), new)
+        assert (got.fid, got.path, got.uidvalidity, got.uidnext) == (f.fid, self.path_of(f.fid),
+                                                                     f.uidvalidity, f.uidnext)
+        event(f"rename_folder: {'same place' if clash == f.fid else 'ok'}{', with messages' if f.msgs else ''}"
+              f"{', with subfolders' if self.children(f.fid) else ''}")
 
     @rule(data=st.data(), which=st.integers(0, 9))
     def delete_folder(self, data: st.DataObject, which: int) -> None:
@@ -459,7 +487,7 @@ class MailboxModel(RuleBasedStateMachine):
             for uid in sorted(f.msgs):
                 self.to_dumpster(fid, f.msgs[uid])
                 n += 1
-            self.past_uidvalidity.setdefault(self.path_of(fid), set()).add(f.uidvalidity)
+            self.past_uidvalidity.setdefault(self.path_of(fid).lower(), set()).add(f.uidvalidity)
         for fid in self.subtree(paths[path]):
             del self.folders[fid]
         assert self.mb.delete_folder(self.api_path(data, path)) == n

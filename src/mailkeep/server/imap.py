@@ -12,12 +12,15 @@ Invariants:
   session's own expunges and moves and, at NOOP/CHECK, by other sessions' changes
   (``* n EXPUNGE``, ``* n EXISTS``); FETCH, STORE and SEARCH never renumber.
 - ``BODY[...]`` without ``.PEEK`` sets ``\\Seen`` (not in a read-only selection).
-- Not yet (answered ``BAD`` with the reason): ENVELOPE, BODYSTRUCTURE, BODY (the structure),
+- Not yet (answered ``BAD`` with the reason): BODYSTRUCTURE, BODY (the structure), FULL,
   IDLE, STARTTLS, AUTHENTICATE.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import email.utils
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +36,7 @@ CAPS = "IMAP4rev1 LITERAL+ UIDPLUS MOVE NAMESPACE"
 CRLF = b"\r\n"
 Reply = bytes | Iterator[bytes]
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-UNSUPPORTED_FETCH = ("ENVELOPE", "BODYSTRUCTURE", "BODY", "ALL", "FULL")
+UNSUPPORTED_FETCH = ("BODYSTRUCTURE", "BODY", "FULL")
 
 
 def quote(s: str) -> bytes:
@@ -469,8 +472,8 @@ class ImapSession:
             raise Bad("FETCH needs a sequence set and items")
         items = c.args[1] if isinstance(c.args[1], list) else [c.args[1]]
         names = [text(x) for x in items]
-        if len(names) == 1 and names[0].upper() == "FAST":
-            names = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        if len(names) == 1 and names[0].upper() in ("FAST", "ALL"):
+            names = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"] + (["ENVELOPE"] if names[0].upper() == "ALL" else [])
         for nm in names:
             if nm.upper() in UNSUPPORTED_FETCH:
                 raise Bad(f"FETCH {nm.upper()} is not supported yet")
@@ -502,6 +505,8 @@ class ImapSession:
                 segs.append(f'INTERNALDATE "{internal_date(m.internal_date)}"'.encode())
             elif up == "RFC822.SIZE":
                 segs.append(f"RFC822.SIZE {m.size}".encode())
+            elif up == "ENVELOPE":
+                segs.append(b"ENVELOPE " + envelope(self._head(m.uid)))
             elif up in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
                 section = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[up]
                 seen |= up != "RFC822.HEADER"
@@ -646,6 +651,42 @@ class ImapSession:
     def c_uid_move(self, c: Command) -> list[Reply]:
         return self.c_copy(c, by_uid=True, move=True)
 
+
+
+def nstring(value: str | None) -> bytes:
+    return b"NIL" if value is None else quote(value)
+
+
+def envelope(head: bytes) -> bytes:
+    """RFC 3501 §7.4.2, from the header as it is (encoded words are left to the client):
+    date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to, message-id. Sender and
+    reply-to default to from."""
+    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+
+    def field(name: str) -> str | None:
+        v = msg.get(name)
+        return None if v is None else re.sub(r"\r?\n[ \t]", " ", str(v)).strip()
+
+    def addresses(name: str) -> bytes:
+        raw = msg.get_all(name)
+        if not raw:
+            return b"NIL"
+        out = []
+        for disp, addr in email.utils.getaddresses([re.sub(r"\r?\n[ \t]", " ", str(v)) for v in raw]):
+            if not addr and not disp:
+                continue
+            local, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+            out.append(b"(" + b" ".join([nstring(disp or None), b"NIL", nstring(local or None),
+                                          nstring(host or None)]) + b")")
+        return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+    frm = addresses("From")
+    parts = [nstring(field("Date")), nstring(field("Subject")), frm,
+             addresses("Sender") if msg.get("Sender") else frm,
+             addresses("Reply-To") if msg.get("Reply-To") else frm,
+             addresses("To"), addresses("Cc"), addresses("Bcc"),
+             nstring(field("In-Reply-To")), nstring(field("Message-ID"))]
+    return b"(" + b" ".join(parts) + b")"
 
 
 def _ok(c: Command, what: str) -> bytes:
