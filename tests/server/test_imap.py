@@ -639,7 +639,7 @@ def test_unsupported_items_and_commands_are_refused(imap_server: tuple[subproces
     r = Raw(port)
     r.login()
     assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
-    for i, text in enumerate([b"FETCH 1 BODYSTRUCTURE", b"FETCH 1 (BODY)", b"FETCH 1 FULL", b"IDLE",
+    for i, text in enumerate([b"FETCH 1 BODYSTRUCTURE", b"FETCH 1 (BODY)", b"FETCH 1 FULL",
                               b"STARTTLS", b"AUTHENTICATE PLAIN"]):
         tag = b"u%d" % i
         reply = r.cmd(tag, text)
@@ -893,3 +893,24 @@ def test_envelope(imap_server: tuple[subprocess.Popen[str], int, int]) -> None:
     assert typ == "OK" and b"ENVELOPE (" in fetch_line(dat) and b"RFC822.SIZE" in fetch_line(dat)
     assert flags_of(c.fetch("2", "(FLAGS)")[1]) == {2: set()}  # ENVELOPE does not set \\Seen
     c.logout()
+
+
+def test_idle_reports_new_mail_and_ends_with_done(imap_server: tuple[subprocess.Popen[str], int, int]) -> None:
+    _p, smtp, port = imap_server
+    deliver(smtp, body(1))
+    r = Raw(port)
+    r.login()
+    assert b" IDLE" in r.cmd(b"c", b"CAPABILITY")[0]
+    assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    r.s.sendall(b"i1 IDLE\r\n")
+    assert r.f.readline() == b"+ idling\r\n"
+    deliver(smtp, body(2))
+    assert r.f.readline() == b"* 2 EXISTS\r\n"  # within the server's poll interval (the socket timeout bounds it)
+    r.s.sendall(b"DONE\r\n")
+    assert r.f.readline() == b"i1 OK IDLE terminated\r\n"
+    r.s.sendall(b"i2 IDLE\r\n")
+    assert r.f.readline() == b"+ idling\r\n"
+    r.s.sendall(b"NOPE\r\n")
+    assert r.f.readline() == b"i2 BAD expected DONE to end IDLE\r\n"
+    assert r.cmd(b"n", b"NOOP")[-1] == b"n OK NOOP completed\r\n"
+    r.close()

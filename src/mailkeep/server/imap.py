@@ -13,7 +13,7 @@ Invariants:
   (``* n EXPUNGE``, ``* n EXISTS``); FETCH, STORE and SEARCH never renumber.
 - ``BODY[...]`` without ``.PEEK`` sets ``\\Seen`` (not in a read-only selection).
 - Not yet (answered ``BAD`` with the reason): BODYSTRUCTURE, BODY (the structure), FULL,
-  IDLE, STARTTLS, AUTHENTICATE.
+  STARTTLS, AUTHENTICATE.
 """
 
 from __future__ import annotations
@@ -32,9 +32,17 @@ from mailkeep.store.errors import StoreError
 from mailkeep.store.mailbox import Mailbox, MessageInfo
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-CAPS = "IMAP4rev1 LITERAL+ UIDPLUS MOVE NAMESPACE"
+CAPS = "IMAP4rev1 LITERAL+ UIDPLUS MOVE NAMESPACE IDLE"
 CRLF = b"\r\n"
-Reply = bytes | Iterator[bytes]
+@dataclass(frozen=True)
+class Idle:
+    """RFC 2177: the I/O layer answers ``+ idling``, calls :meth:`ImapSession.idle_poll`
+    every few seconds and passes the client's next line to :meth:`ImapSession.idle_done`."""
+
+    tag: str
+
+
+Reply = bytes | Iterator[bytes] | Idle
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 UNSUPPORTED_FETCH = ("BODYSTRUCTURE", "BODY", "FULL")
 
@@ -134,6 +142,19 @@ class ImapSession:
 
     def c_noop(self, c: Command) -> list[Reply]:
         return [*self._sync(), _ok(c, "NOOP completed")]
+
+    @states("AUTH", "SELECTED")
+    def c_idle(self, c: Command) -> list[Reply]:
+        return [Idle(c.tag)]
+
+    def idle_poll(self) -> list[bytes]:
+        """While idling: what changed in the selected folder (new mail, expunges)."""
+        return self._sync()
+
+    def idle_done(self, tag: str, line: bytes) -> list[bytes]:
+        if line.strip().upper() != b"DONE":
+            return [f"{tag} BAD expected DONE to end IDLE".encode() + CRLF]
+        return [*self._sync(), f"{tag} OK IDLE terminated".encode() + CRLF]
 
     def c_logout(self, c: Command) -> list[Reply]:
         self.closed = True
@@ -294,13 +315,13 @@ class ImapSession:
 
 
     # -- selected -----------------------------------------------------------------------------
-    def _sync(self) -> list[Reply]:
+    def _sync(self) -> list[bytes]:
         """Other sessions' changes since the last look: expunges, then new messages."""
         if self.state != "SELECTED" or self.mb is None or self.selected is None:
             return []
         now = [m.uid for m in self.mb.messages(self.selected)]
         alive = set(now)
-        out: list[Reply] = []
+        out: list[bytes] = []
         for i in range(len(self.uids), 0, -1):
             if self.uids[i - 1] not in alive:
                 out.append(f"* {i} EXPUNGE".encode() + CRLF)

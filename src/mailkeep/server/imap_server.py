@@ -11,8 +11,9 @@ minutes); store calls never run on the event loop; passwords are never logged.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
-from mailkeep.server.imap import ImapSession
+from mailkeep.server.imap import Idle, ImapSession
 from mailkeep.server.imap_parse import literal_size
 from mailkeep.server.tcp import ThreadedServer, is_loopback
 from mailkeep.store.errors import StoreError
@@ -23,6 +24,7 @@ MAX_LINE = 8192
 MAX_LITERAL = 32 * 1024 * 1024
 MAX_LITERAL_BEFORE_LOGIN = 4096  # a user name or password; nobody unauthenticated gets 32 MiB held
 IDLE_TIMEOUT = 30 * 60.0
+IDLE_POLL = 2.0  # seconds between looks at the selected folder while a client idles
 
 
 class ImapServer(ThreadedServer):
@@ -71,6 +73,44 @@ class ImapServer(ThreadedServer):
                 await writer.drain()
             buf += await reader.readexactly(n)
 
+    async def _write(self, reply: bytes | Iterator[bytes], writer: asyncio.StreamWriter) -> None:
+        if isinstance(reply, bytes):
+            writer.write(reply)
+            return
+        loop = asyncio.get_running_loop()
+        while (chunk := await loop.run_in_executor(None, next, reply, None)) is not None:
+            writer.write(chunk)
+            await writer.drain()
+
+    async def _idle(
+        self, session: ImapSession, idle: Idle, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Until the client says DONE: report changes as they happen. False: connection over."""
+        loop = asyncio.get_running_loop()
+        writer.write(b"+ idling\r\n")
+        await writer.drain()
+        deadline = loop.time() + IDLE_TIMEOUT
+        pending = asyncio.ensure_future(reader.readuntil(b"\n"))
+        try:
+            while loop.time() < deadline:
+                done, _ = await asyncio.wait({pending}, timeout=IDLE_POLL)
+                if done:
+                    try:
+                        line = pending.result()
+                    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                        return False
+                    for reply in await loop.run_in_executor(None, session.idle_done, idle.tag, line):
+                        await self._write(reply, writer)
+                    await writer.drain()
+                    return True
+                for reply in await loop.run_in_executor(None, session.idle_poll):
+                    await self._write(reply, writer)
+                await writer.drain()
+            return False
+        finally:
+            if not pending.done():
+                pending.cancel()
+
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
@@ -86,12 +126,11 @@ class ImapServer(ThreadedServer):
                 if not cmd:
                     continue
                 for reply in await loop.run_in_executor(None, session.handle, cmd):
-                    if isinstance(reply, bytes):
-                        writer.write(reply)
+                    if isinstance(reply, Idle):
+                        if not await self._idle(session, reply, reader, writer):
+                            return
                         continue
-                    while (chunk := await loop.run_in_executor(None, next, reply, None)) is not None:
-                        writer.write(chunk)
-                        await writer.drain()
+                    await self._write(reply, writer)
                 await writer.drain()
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
