@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from driver import drive
+from driver import drive, sqlite_full
 
 from mailkeep.engine.fileio import FileIO
 from mailkeep.engine.schema import TableSpec
@@ -129,13 +129,7 @@ def sqlite_run(root: str, payload: str, threads: int, *, seconds: float = SECOND
     path = os.path.join(root, "bench.db")
 
     def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        conn.execute("PRAGMA synchronous = FULL")
-        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-        if mode != "wal" or sync != 2:
-            raise RuntimeError(f"SQLite baseline is not WAL + synchronous=FULL ({mode}, {sync})")
-        return conn
+        return sqlite_full(path)
 
     conn = connect()
     conn.execute(SQLITE_TABLE)

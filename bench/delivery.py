@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from driver import drive as _drive
+from driver import sqlite_full
 
 from mailkeep.directory import tasks
 from mailkeep.engine.fileio import FileIO
@@ -194,13 +195,7 @@ def sqlite_cell(root: str, size: int, rcpts: int, threads: int, *, seconds: floa
     path = os.path.join(root, "bench.db")
 
     def connect(_i: int = 0) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        conn.execute("PRAGMA synchronous = FULL")
-        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-        if mode != "wal" or sync != 2:
-            raise RuntimeError(f"SQLite baseline is not WAL + synchronous=FULL ({mode}, {sync})")
-        return conn
+        return sqlite_full(path)
 
     conn = connect()
     conn.execute("CREATE TABLE content (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -61,3 +62,15 @@ def drive(
     if failures:
         raise failures[0]
     return {"operations": sum(done), "seconds": elapsed, "cpu_seconds": cpu}
+
+
+def sqlite_full(path: str) -> sqlite3.Connection:
+    """The baseline every benchmark compares with: SQLite in WAL mode with synchronous=FULL,
+    durable when COMMIT returns (checked, not assumed)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    conn.execute("PRAGMA synchronous = FULL")
+    sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+    if mode != "wal" or sync != 2:
+        raise RuntimeError(f"SQLite baseline is not WAL + synchronous=FULL ({mode}, {sync})")
+    return conn

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from mailkeep.store.mailbox import open_mailbox
 from mailkeep.store.setup import setup_server
 from mailkeep.store.store import Store
 from tests.faults import delivery_proc as dp
+from tests.faults.child import ChildOutput
 
 PROC = Path(dp.__file__).resolve()
 ROUNDS = 12
@@ -45,34 +45,17 @@ MAX_RUN = 1.0  # seconds of deliveries before the kill, at most
 CHECK_EVERY = 4  # rounds between verifications by the test itself
 
 
-class Deliverer:
+class Deliverer(ChildOutput):
     """One delivery process, its stdout read as it comes."""
 
     def __init__(self, data: str, round_no: int) -> None:
         self.round_no = round_no
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PROC), data, str(round_no), str(COUNT)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=data,
+        super().__init__(
+            subprocess.Popen(
+                [sys.executable, str(PROC), data, str(round_no), str(COUNT)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=data,
+            )
         )
-        self.buf = b""
-
-    def _read(self, timeout: float) -> bool:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
-        if not ready:
-            return True
-        chunk = os.read(fd, 65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def wait_for(self, line: str, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while (line + "\n").encode() not in self.buf:
-            left = end - time.monotonic()
-            if left <= 0 or not self._read(left):
-                return False
-        return True
 
     def kill(self) -> tuple[list[str], bool]:
         """SIGKILL this process (by its pid) unless it already finished all its deliveries;

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from mailkeep.engine.storagegroup import StorageGroup
 from tests.faults import writer_proc as wp
+from tests.faults.child import ChildOutput
 
 WRITER = Path(wp.__file__).resolve()
 MIN_KILLS = 50
@@ -36,39 +36,20 @@ CHECK_EVERY = 10  # kills between verifications by the test itself
 STARTUP_TIMEOUT = 20.0
 
 
-class Writer:
+class Writer(ChildOutput):
     """One writer process; its stdout is read as it comes (select), so a kill can be aimed
     at a phase: start-up, soft recovery, or commits."""
 
     def __init__(self, root: Path, seed: int) -> None:
         self.seed = seed
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WRITER), str(root), str(seed)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(root),
+        super().__init__(
+            subprocess.Popen(
+                [sys.executable, str(WRITER), str(root), str(seed)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(root),
+            )
         )
-        self.buf = b""
-
-    def _read(self, timeout: float) -> bool:
-        """Read what is available within ``timeout``; False at end of file."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
-        if not ready:
-            return True
-        chunk = os.read(fd, 65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def wait_for(self, line: str, timeout: float) -> bool:
-        """Wait until the writer printed ``line``; False if it did not in time."""
-        end = time.monotonic() + timeout
-        while (line + "\n").encode() not in self.buf:
-            left = end - time.monotonic()
-            if left <= 0 or not self._read(left):
-                return False
-        return True
 
     def kill(self) -> tuple[list[int], list[str]]:
         """SIGKILL this process (by its pid); returns (ids printed, other lines)."""
