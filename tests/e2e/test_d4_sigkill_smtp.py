@@ -80,7 +80,7 @@ class Server:
         self.err = open(self.err_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailkeep", "--data", data, "serve", "--smtp", str(self.port),
-             "--pop3", str(free_port()), "--imap", str(free_port())],
+             "--pop3", str(free_port()), "--imap", str(free_port()), "--http", str(free_port())],
             stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err, cwd=data,
         )
 

@@ -32,8 +32,9 @@ def free_port() -> int:
 
 def start(data: Path, port: int, *extra: str, pop3: int | None = None) -> subprocess.Popen[str]:
     args = ["serve", "--smtp", str(port), "--pop3", str(pop3 or free_port()), *extra]
-    if "--imap" not in extra:
-        args += ["--imap", str(free_port())]
+    for opt in ("--imap", "--http"):
+        if opt not in extra:
+            args += [opt, str(free_port())]
     p = subprocess.Popen([sys.executable, "-m", "mailkeep", "--data", str(data), *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

@@ -1,5 +1,5 @@
-"""`mailkeep setup`, `user ...`, `mailbox rehome`, `directory audit-master-sid`: thin layers
-over mailkeep.directory (setup, directory, tasks)."""
+"""`mailkeep user ...`, `role ...`, `directory audit-master-sid` (and the parser of `mailbox rehome`):
+thin layers over the administrative operations (mailkeep.admin), run in the server or on the files."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import argparse
 import getpass
 import json
 import sys
-import uuid
 from typing import Any
 
-from mailkeep.directory import dn as dnmod
-from mailkeep.directory import rus, sid, tasks
-from mailkeep.directory.backend import DirectoryError, Entry
-from mailkeep.directory.directory import Directory, escape_filter_value
-from mailkeep.directory.setup import open_directory
+from mailkeep.admin.roles import AccessDenied
+from mailkeep.cli.target import Local, Remote, RemoteError, target
+from mailkeep.directory import tasks
+from mailkeep.directory.backend import DirectoryError
 
 
 def add_parsers(sub: Any) -> None:
@@ -43,6 +41,14 @@ def add_parsers(sub: Any) -> None:
     au.add_argument("--fix", action="store_true")
     au.add_argument("--log", default="NoMAS.log", help="log of problems found and changes made (appended)")
 
+    r = sub.add_parser("role", help="roles (the guide's Permissions Required): list, grant, revoke")
+    rs = r.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rs.add_parser("list").add_argument("--json", action="store_true")
+    for verb in ("grant", "revoke"):
+        g = rs.add_parser(verb)
+        g.add_argument("name", metavar="USER")
+        g.add_argument("role", metavar="ROLE", help="backup-operator, full-administrator or local-administrator")
+
 
 def add_rehome_parser(ms: Any) -> None:
     r = ms.add_parser("rehome", help="the guide's re-home script: move users' homeMDB/homeMTA/msExchHomeServerName")
@@ -53,81 +59,15 @@ def add_rehome_parser(ms: Any) -> None:
     r.add_argument("--trial", action="store_true", help="show what would change; change nothing")
 
 
-def rehome(d: Directory, ns: argparse.Namespace, out: Any) -> int:
-    rep = tasks.rehome(d, _location(ns.__dict__["from"]), _location(ns.to), mta_server=ns.mta_server,
-                       trial=ns.trial)
-    for line in rep.log:
-        print(line, file=out)
-    return 1 if rep.failed or not rep.matched else 0  # the script quits with 1 on no match
-
-
-def _location(text: str) -> tasks.Location:
-    parts = [p for p in text.split("/")]
-    if len(parts) != 5 or not all(parts):
-        raise DirectoryError("other", f"{text!r}: give ORGANIZATION/ADMINGROUP/SERVER/STORAGEGROUP/DATABASE")
-    return tasks.Location(*parts)
-
-
-def _show(e: Entry) -> dict[str, Any]:
-    out: dict[str, Any] = {"dn": e.dn}
-    for k, values in sorted(e.attrs.items()):
-        if k.lower() == "passwordhash":
-            continue
-        shown: list[str | int] = []
-        for v in values:
-            if isinstance(v, bytes):
-                if k.lower() in ("objectguid", "msexchmailboxguid") and len(v) == 16:
-                    shown.append(str(uuid.UUID(bytes_le=v)))
-                elif k.lower() in ("objectsid", "msexchmastersccountsid", "msexchmasteraccountsid"):
-                    try:
-                        shown.append(sid.to_text(v))
-                    except ValueError:
-                        shown.append(v.hex())
-                else:
-                    shown.append(v.hex())
-            else:
-                shown.append(v)
-        out[k] = shown if len(shown) != 1 else shown[0]
-    return out
-
-
-def _db_dn(d: Directory, text: str | None) -> str:
-    """A mailbox database from its DN, SERVER/SG/DB, or its name; without one, the only
-    mailbox database there is."""
-    if text and "=" in text:
-        return text
-    if text and "/" in text:
-        parts = text.split("/")
-        if len(parts) != 3:
-            raise DirectoryError("other", f"--db {text!r}: give SERVER/STORAGEGROUP/DATABASE, a name or a DN")
-        server, sg, db = parts
-        flt = f"(&(objectCategory=msExchExchangeServer)(cn={escape_filter_value(server)}))"
-        found = list(d.search(d.exchange_dn, flt))
-        if not found:
-            raise DirectoryError("noSuchObject", f"no server {server!r} in the directory")
-        return f"CN={dnmod.escape_value(db)},CN={dnmod.escape_value(sg)},CN=InformationStore,{found[0].dn}"
-    flt = "(objectCategory=msExchPrivateMDB)" if not text else (
-        f"(&(objectCategory=msExchPrivateMDB)(cn={escape_filter_value(text)}))")
-    dbs = list(d.search(d.exchange_dn, flt))
-    if len(dbs) == 1:
-        return dbs[0].dn
-    if not dbs:
-        raise DirectoryError("noSuchObject", f"no mailbox database {text!r}" if text else "no mailbox database exists")
-    raise DirectoryError(
-        "other", f"{len(dbs)} mailbox databases match; choose one with --db SERVER/SG/DB or its DN: "
-        + "; ".join(x.dn for x in dbs),
-    )
-
-
 def main(ns: argparse.Namespace, *, data: str) -> int:
     out = sys.stdout
     try:
-        d = open_directory(data)
+        t = target(data, getattr(ns, "user", None))
         try:
-            return _run(d, ns, out)
+            return _run(t, ns, out)
         finally:
-            d.close()
-    except (DirectoryError, ValueError) as e:  # ValueError: a malformed DN or value given on the command line
+            t.close()
+    except (DirectoryError, ValueError, RemoteError, AccessDenied) as e:  # ValueError: a malformed DN or value
         print(f"mailkeep {ns.command}: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. the audit's --log file cannot be written (nothing was changed then)
@@ -135,50 +75,64 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
         return 1
 
 
-def _run(d: Directory, ns: argparse.Namespace, out: Any) -> int:
+def _run(t: Local | Remote, ns: argparse.Namespace, out: Any) -> int:
     if ns.command == "user":
         act = ns.action
         if act == "add":
             pw = ns.password
             if pw is None and sys.stdin.isatty():
                 pw = getpass.getpass(f"Password for {ns.name}: ")
-            e = d.add_user(ns.name, password_text=pw, display_name=ns.display_name, disabled=ns.disabled)
-            print(f"Added user {e.dn}", file=out)
+            res = t.call("user.add", {"name": ns.name, "password": pw, "display_name": ns.display_name,
+                                      "disabled": ns.disabled})
         elif act == "list":
-            users = sorted(d.users(), key=lambda e: str(e.text("sAMAccountName")).lower())
+            users = t.call("user.list", {})
             if ns.json:
-                print(json.dumps([_show(u) for u in users], indent=2), file=out)
+                print(json.dumps([{k: v for k, v in u.items() if k != "disabled"} for u in users], indent=2),
+                      file=out)
             for u in [] if ns.json else users:
-                state = "disabled" if d.is_disabled(u) else "enabled"
-                print(f"{u.text('sAMAccountName'):<20} {state:<9} {u.text('homeMDB') or '(no mailbox)'}", file=out)
+                state = "disabled" if u["disabled"] else "enabled"
+                print(f"{u.get('sAMAccountName'):<20} {state:<9} {u.get('homeMDB') or '(no mailbox)'}", file=out)
+            return 0
         elif act == "show":
-            shown = _show(d.require_user(ns.name))
+            shown = t.call("user.show", {"name": ns.name})
             if ns.json:
                 print(json.dumps(shown, indent=2), file=out)
             else:
                 for k, v in shown.items():
                     print(f"{k}: {v}", file=out)
-        elif act in ("disable", "enable"):
-            e = d.set_disabled(ns.name, act == "disable")
-            print(f"{e.dn}: {'disabled' if d.is_disabled(e) else 'enabled'}", file=out)
+            return 0
         elif act == "mailbox-enable":
-            e = tasks.mailbox_enable(d, ns.name, _db_dn(d, ns.db), nickname=ns.nickname)
-            print(f"{e.dn}: mailbox-enabled on {e.text('homeMDB')} (mail {e.text('mail')})", file=out)
-        elif act == "delete-mailbox":
-            e = tasks.delete_mailbox(d, ns.name)
-            print(f"{e.dn}: mailbox attributes removed; the mailbox will be marked Disconnected", file=out)
-        elif act == "remove-exchange-attributes":
-            e = tasks.remove_exchange_attributes(d, ns.name)
-            print(f"{e.dn}: Exchange attributes removed (the store was not contacted)", file=out)
+            res = t.call("user.mailbox-enable", {"name": ns.name, "db": ns.db, "nickname": ns.nickname})
         elif act == "rus":
-            changed = rus.run(d)
-            print(f"Recipient Update Service: {len(changed)} user(s) completed", file=out)
-            for dn in changed:
-                print(f"  {dn}", file=out)
+            res = t.call("user.rus", {})
+        else:  # disable, enable, delete-mailbox, remove-exchange-attributes
+            res = t.call(f"user.{act}", {"name": ns.name})
+        print(res["message"], file=out)
+        return 0
+    if ns.command == "role":
+        if ns.action == "list":
+            rows = t.call("role.list", {})
+            if ns.json:
+                print(json.dumps(rows, indent=2), file=out)
+                return 0
+            print(f"{'Role':<20} {'Group':<30} Members", file=out)
+            for r in rows:
+                print(f"{r['role']:<20} {r['group']:<30} {', '.join(r['members']) or '(none)'}", file=out)
+            return 0
+        if ns.action == "grant":
+            res = t.call("role.grant", {"role": ns.role, "user": ns.name})
+        else:
+            res = t.call("role.revoke", {"role": ns.role, "user": ns.name})
+        print(res["message"], file=out)
         return 0
     if ns.command == "directory" and ns.action == "audit-master-sid":
-        audit = tasks.audit_master_sid(d, fix=ns.fix, log_path=ns.log)
-        for line in audit.log:
+        if isinstance(t, Local):  # the log is written as it happens: a failure part-way still leaves it
+            lines = tasks.audit_master_sid(t.ctx.directory, fix=ns.fix, log_path=ns.log).log
+        else:  # the log opens before the server is asked: an unusable path changes nothing
+            with open(ns.log, "a", encoding="utf-8") as log_file:
+                lines = t.call("directory.audit-master-sid", {"fix": ns.fix})["log"]
+                log_file.writelines(line + "\n" for line in lines)
+        for line in lines:
             print(line, file=out)
         print(f"Log written to {ns.log}", file=out)
         return 0

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"mailkeep {__version__}")
     parser.add_argument("--data", help="data folder (default $MAILKEEP_DATA, else ./mailkeep-data)")
+    parser.add_argument("--user", help="while the server runs: act as this directory account (default $MAILKEEP_USER; "
+                        "password from $MAILKEEP_PASSWORD or a prompt); without it, the server's service token is used")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("eseutil", help="database utilities: /mh /ml /mk /r (Exchange-style switches)")
     sub.add_parser("ldifde", help="LDIF export/import of the directory (LDIFDE switches: -f -i -d -r -l)")
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve.main(ns, data=data_dir(data))
     if ns.command in store_tools.COMMANDS:
         return store_tools.main(ns, data=data_dir(data))
-    if ns.command in ("user", "directory"):
+    if ns.command in ("user", "directory", "role"):
         return directory_tools.main(ns, data=data_dir(data))
     if ns.command == "events":
         from mailkeep.cli import events

@@ -15,6 +15,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--smtp", type=int, default=2525, metavar="PORT")
     s.add_argument("--pop3", type=int, default=1110, metavar="PORT")
     s.add_argument("--imap", type=int, default=1143, metavar="PORT")
+    s.add_argument("--http", type=int, default=8080, metavar="PORT", help="the administration API (default 8080)")
     s.add_argument("--domain", default=DEFAULT_DOMAIN, help="mail domain for a first start (default %(default)s)")
 
 
@@ -23,7 +24,8 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
     from mailkeep.store.server import ConfigError
 
     try:
-        options = Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, imap_port=ns.imap, domain=ns.domain)
+        options = Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, imap_port=ns.imap,
+                          http_port=ns.http, domain=ns.domain)
         return run(data, options, sys.stdout)
     except (ConfigError, EseError, OSError) as e:
         print(f"mailkeep serve: {e}", file=sys.stderr)

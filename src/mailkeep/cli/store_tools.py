@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import asdict
 from typing import Any, TextIO
 
+from mailkeep.admin.registry import BadRequest
+from mailkeep.admin.roles import AccessDenied
+from mailkeep.cli.target import Local, Remote, RemoteError, target
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
-from mailkeep.store import agents
 from mailkeep.store.errors import StoreError
-from mailkeep.store.server import ConfigError, DatabaseInfo
+from mailkeep.store.server import ConfigError
 from mailkeep.store.setup import DEFAULT_ADMIN_GROUP, DEFAULT_ORG, default_server_name, setup_server
-from mailkeep.store.store import Store
+
+Target = Local | Remote
 
 COMMANDS = ("setup", "sg", "db", "mailbox")
 
@@ -116,22 +117,16 @@ def main(ns: argparse.Namespace, *, data: str, out: TextIO | None = None) -> int
     try:
         if ns.command == "setup":
             return _setup(ns, data, out)
-        if ns.command == "mailbox" and ns.action == "rehome":  # the directory only, as the guide's script
-            from mailkeep.cli import directory_tools
-            from mailkeep.directory.setup import open_directory
-
-            d = open_directory(data)
-            try:
-                return directory_tools.rehome(d, ns, out)
-            finally:
-                d.close()
-        with Store.open(data) as store:
+        t = target(data, getattr(ns, "user", None))
+        try:
             if ns.command == "sg":
-                return _sg(store, ns, out)
+                return _sg(t, ns, out)
             if ns.command == "db":
-                return _db(store, ns, out)
-            return _mailbox(store, ns, out)
-    except (ConfigError, StoreError, DirectoryError, EseError) as e:
+                return _db(t, ns, out)
+            return _mailbox(t, ns, out)
+        finally:
+            t.close()
+    except (ConfigError, StoreError, DirectoryError, EseError, RemoteError, AccessDenied, BadRequest) as e:
         print(f"mailkeep {ns.command}: {e}", file=sys.stderr)
         return 1
 
@@ -151,165 +146,96 @@ def _setup(ns: argparse.Namespace, data: str, out: TextIO) -> int:
     return 0
 
 
-def _state(store: Store, db: DatabaseInfo) -> str:
-    return "mounted" if store.server.mount_intended(db) else "dismounted"
-
-
-def _sg(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
-    srv = store.server
-    if ns.action == "list":
-        groups = srv.storage_groups()
-        if ns.json:
-            print(json.dumps([{**asdict(g), "databases": [d.name for d in srv.databases(g)]} for g in groups],
-                             indent=2), file=out)
-            return 0
-        print(f"{'Prefix':<7} {'Storage group':<28} {'Circular':<9} {'Databases':<10} Log path", file=out)
-        for g in groups:
-            print(f"{g.prefix:<7} {g.name:<28} {'on' if g.circular else 'off':<9} {len(srv.databases(g)):<10} "
-                  f"{g.log_path}", file=out)
-        return 0
-    if ns.action == "create":
-        g = srv.create_storage_group(ns.name, log_path=ns.log_path, system_path=ns.system_path,
-                                     circular=ns.circular_logging, recovery=ns.recovery)
-        print(f"Created storage group {g.name} ({g.prefix}); logs in {g.log_path}, system files in {g.system_path}",
-              file=out)
-        return 0
-    if ns.action == "set":
-        g = srv.storage_group(ns.name)
-        _require_idle(store, g.prefix)
-        g = srv.set_storage_group(ns.name, log_path=ns.log_path, system_path=ns.system_path,
-                                  circular=ns.circular_logging)
-        print(f"Storage group {g.name}: logs in {g.log_path}, system files in {g.system_path}, circular logging "
-              f"{'on' if g.circular else 'off'}", file=out)
-        return 0
-    if ns.action == "rename":
-        g = srv.rename_storage_group(ns.old, ns.new)
-        print(f"Renamed storage group {ns.old} to {g.name}", file=out)
-        return 0
-    g, kept = srv.delete_storage_group(ns.name)
-    print(f"Deleted storage group {g.name} ({g.prefix}) from the directory. Its files were kept in "
-          f"{', '.join(kept)}; delete them yourself when they are no longer needed.", file=out)
+def _say(result: Any, out: TextIO) -> int:
+    print(result["message"], file=out)
     return 0
 
 
-def _require_idle(store: Store, prefix: str) -> None:
-    """Opening the group takes its lock: refused while a server (or another tool) has it."""
-    g = store.server.storage_group(prefix)
-    store.group(g)
-    store.close_group(g)
-
-
-def _db(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
-    srv = store.server
+def _sg(t: Target, ns: argparse.Namespace, out: TextIO) -> int:
     if ns.action == "list":
-        dbs = srv.databases()
+        groups = t.call("sg.list", {})
         if ns.json:
-            print(json.dumps([{
-                "name": d.name, "storage_group": d.sg.name, "dn": d.dn, "guid": str(d.guid), "public": d.public,
-                "edb": d.edb, "stm": d.stm, "state": _state(store, d), "mount_at_startup": d.mount_at_startup,
-                "allow_restore_overwrite": d.allow_restore_overwrite,
-            } for d in dbs], indent=2), file=out)
+            print(json.dumps(groups, indent=2), file=out)
+            return 0
+        print(f"{'Prefix':<7} {'Storage group':<28} {'Circular':<9} {'Databases':<10} Log path", file=out)
+        for g in groups:
+            print(f"{g['prefix']:<7} {g['name']:<28} {'on' if g['circular'] else 'off':<9} "
+                  f"{len(g['databases']):<10} {g['log_path']}", file=out)
+        return 0
+    if ns.action == "create":
+        return _say(t.call("sg.create", {"name": ns.name, "log_path": ns.log_path, "system_path": ns.system_path,
+                                         "circular_logging": ns.circular_logging, "recovery": ns.recovery}), out)
+    if ns.action == "set":
+        return _say(t.call("sg.set", {"name": ns.name, "log_path": ns.log_path, "system_path": ns.system_path,
+                                      "circular_logging": ns.circular_logging}), out)
+    if ns.action == "rename":
+        return _say(t.call("sg.rename", {"name": ns.old, "new": ns.new}), out)
+    return _say(t.call("sg.delete", {"name": ns.name}), out)
+
+
+def _db(t: Target, ns: argparse.Namespace, out: TextIO) -> int:
+    if ns.action == "list":
+        dbs = t.call("db.list", {})
+        if ns.json:
+            print(json.dumps(dbs, indent=2), file=out)
             return 0
         print(f"{'Database':<34} {'Storage group':<22} {'Type':<8} {'State':<11} {'Startup':<8} "
               f"{'Restore overwrites':<19} Files", file=out)
         for d in dbs:
-            print(f"{d.name:<34} {d.sg.name:<22} {'public' if d.public else 'mailbox':<8} {_state(store, d):<11} "
-                  f"{'mount' if d.mount_at_startup else 'no':<8} "
-                  f"{'allowed' if d.allow_restore_overwrite else 'no':<19} "
-                  f"{d.edb}, {d.stm}", file=out)
+            print(f"{d['name']:<34} {d['storage_group']:<22} {'public' if d['public'] else 'mailbox':<8} "
+                  f"{d['state']:<11} {'mount' if d['mount_at_startup'] else 'no':<8} "
+                  f"{'allowed' if d['allow_restore_overwrite'] else 'no':<19} "
+                  f"{d['edb']}, {d['stm']}", file=out)
         return 0
     if ns.action == "create":
-        d = srv.create_database(ns.sg, ns.name, public=ns.public, edb=ns.edb, stm=ns.stm)
-        print(f"Created {d.kind} {d.name} in {d.sg.name} ({d.edb}, {d.stm})", file=out)
-        if ns.mount:
-            store.mount(d)
-            print(f"Mounted {d.path_name}", file=out)
-        else:
-            print(f"Not mounted: mount it with 'mailkeep db mount \"{d.name}\"' (not before a restore into it).",
-                  file=out)
-        return 0
+        return _say(t.call("db.create", {"storage_group": ns.sg, "name": ns.name, "public": ns.public, "edb": ns.edb,
+                                         "stm": ns.stm, "mount": ns.mount}), out)
     if ns.action == "set":
-        d = srv.database(ns.name)
-        if (ns.edb or ns.stm) and srv.mount_intended(d):
-            raise ConfigError(f"{d.kind} {d.name} is mounted: dismount it before moving its files")
-        if ns.edb or ns.stm:
-            _require_idle(store, d.sg.prefix)
-        d = srv.set_database(ns.name, mount_at_startup=ns.mount_at_startup,
-                             allow_restore_overwrite=ns.allow_restore_overwrite, edb=ns.edb, stm=ns.stm)
-        print(f"{d.kind} {d.name}: mount at start-up {'on' if d.mount_at_startup else 'off'}; "
-              f"this database can be overwritten by a restore: {'on' if d.allow_restore_overwrite else 'off'}; "
-              f"files {d.edb}, {d.stm}", file=out)
-        return 0
+        return _say(t.call("db.set", {"name": ns.name, "mount_at_startup": ns.mount_at_startup,
+                                      "allow_restore_overwrite": ns.allow_restore_overwrite, "edb": ns.edb,
+                                      "stm": ns.stm}), out)
     if ns.action == "rename":
-        d = srv.rename_database(ns.old, ns.new)
-        print(f"Renamed {d.kind} {ns.old} to {d.name}", file=out)
-        return 0
+        return _say(t.call("db.rename", {"name": ns.old, "new": ns.new}), out)
     if ns.action == "delete":
-        d = srv.database(ns.name)
-        d = srv.delete_database(ns.name, mounted=srv.mount_intended(d))
-        kept = [p for p in (d.edb, d.stm) if os.path.exists(p)]
-        print(f"Deleted {d.kind} {d.name} from the directory. " + (
-            f"Its files were kept: {', '.join(kept)}; delete them yourself when they are no longer needed."
-            if kept else "It had no files (it was never mounted)."), file=out)
-        return 0
+        return _say(t.call("db.delete", {"name": ns.name}), out)
     if ns.action == "mount":
-        d = store.mount(ns.name, create_new=ns.create_new)
-        print(f"Mounted {d.path_name}: consistent, and mounted whenever the store runs (mailkeep deliver, "
-              "mailkeep serve) until 'mailkeep db dismount'.", file=out)
-        return 0
-    d = srv.database(ns.name)
-    if srv.files_created(d) and _files_exist(d):
-        store.mount(d)  # brings a database left dirty by a crash to Clean Shutdown first
-    store.dismount(d)
-    print(f"Dismounted {d.path_name} (Clean Shutdown); it stays dismounted until 'mailkeep db mount'.", file=out)
-    return 0
+        return _say(t.call("db.mount", {"name": ns.name, "create_new": ns.create_new}), out)
+    return _say(t.call("db.dismount", {"name": ns.name}), out)
 
 
-def _files_exist(d: DatabaseInfo) -> bool:
-    return os.path.exists(d.edb) and os.path.exists(d.stm)
-
-
-def _mailbox(store: Store, ns: argparse.Namespace, out: TextIO) -> int:
-    store.mount_intended()
+def _mailbox(t: Target, ns: argparse.Namespace, out: TextIO) -> int:
     if ns.action == "list":
-        rows = agents.list_mailboxes(store, ns.db, disconnected=ns.disconnected)
+        rows = t.call("mailbox.list", {"db": ns.db, "disconnected": ns.disconnected})
         if ns.json:
-            print(json.dumps([asdict(m) for m in rows], indent=2), file=out)
+            print(json.dumps(rows, indent=2), file=out)
             return 0
         print(f"{'Mailbox GUID':<37} {'Display name':<22} {'State':<13} {'Items':>6} {'Size':>10}  Database",
               file=out)
         for m in rows:
-            state = m.state + (" (tombstoned)" if m.tombstoned and m.state != "tombstoned" else "")
-            print(f"{m.guid:<37} {m.display_name[:22]:<22} {state:<13} {m.messages:>6} {m.size:>10}  {m.database}",
-                  file=out)
+            state = m["state"] + (" (tombstoned)" if m["tombstoned"] and m["state"] != "tombstoned" else "")
+            print(f"{m['guid']:<37} {m['display_name'][:22]:<22} {state:<13} {m['messages']:>6} {m['size']:>10}  "
+                  f"{m['database']}", file=out)
         return 0
     if ns.action == "cleanup":
-        rep = agents.cleanup(store, ns.db)
-        print(f"Mailbox Cleanup Agent: {len(rep.disconnected)} disconnected, {len(rep.tombstoned)} tombstoned, "
-              f"{len(rep.purged)} purged, {rep.deleted_items_purged} deleted item(s) past retention removed", file=out)
-        for g in rep.disconnected:
-            print(f"  disconnected {g}", file=out)
-        return 0
+        return _say(t.call("mailbox.cleanup", {"db": ns.db}), out)
     if ns.action == "purge":
-        m = agents.purge(store, ns.guid, ns.db)
-        print(f"Purged mailbox {m.guid} ({m.display_name}, {m.messages} item(s)) from {m.database}", file=out)
-        return 0
+        return _say(t.call("mailbox.purge", {"guid": ns.guid, "db": ns.db}), out)
     if ns.action == "reconnect":
-        e = agents.reconnect(store, ns.guid, ns.user)
-        print(f"Reconnected mailbox {ns.guid} to {e.dn}", file=out)
-        return 0
+        return _say(t.call("mailbox.reconnect", {"guid": ns.guid, "user": ns.user}), out)
     if ns.action == "recover":
-        sugg, problems = agents.recover(store, ns.db, apply=ns.apply)
+        res = t.call("mailbox.recover", {"db": ns.db, "apply": ns.apply})
         print(f"{'Mailbox GUID':<37} {'Last owner':<24} Suggested account", file=out)
-        for s in sugg:
-            print(f"{s.guid:<37} {s.display_name[:24]:<24} {s.match or '(none)'}  [{s.reason}]", file=out)
+        for s in res["suggestions"]:
+            print(f"{s['guid']:<37} {s['display_name'][:24]:<24} {s['match'] or '(none)'}  [{s['reason']}]", file=out)
         if ns.apply:
-            failed = {p.split(":", 1)[0] for p in problems}
-            done = sum(1 for s in sugg if s.match and s.guid not in failed)
-            print(f"Reconnected {done} mailbox(es)", file=out)
-            for p in problems:
+            print(f"Reconnected {res['reconnected']} mailbox(es)", file=out)
+            for p in res["problems"]:
                 print(f"  not reconnected: {p}", file=out)
-        return 1 if problems else 0
-    d = agents.move(store, ns.user, ns.to)
-    print(f"Moved the mailbox of {ns.user} to {d.path_name}", file=out)
-    return 0
+        return 1 if res["problems"] else 0
+    if ns.action == "rehome":
+        rep = t.call("mailbox.rehome", {"from": ns.__dict__["from"], "to": ns.to, "mta_server": ns.mta_server,
+                                        "trial": ns.trial})
+        for line in rep["log"]:
+            print(line, file=out)
+        return 0 if rep["ok"] else 1  # the script quits with 1 on no match
+    return _say(t.call("mailbox.move", {"user": ns.user, "to": ns.to}), out)

@@ -22,6 +22,8 @@ from typing import TextIO
 
 from aiosmtpd.controller import Controller
 
+from mailkeep.admin import roles
+from mailkeep.server.http import ApiServer
 from mailkeep.server.imap_server import ImapServer
 from mailkeep.server.pop3_server import Pop3Server
 from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, DeliveryHandler
@@ -31,6 +33,7 @@ from mailkeep.store.setup import default_server_name, setup_server
 from mailkeep.store.store import Store
 
 STATE = "serve.json"
+TOKEN = "serve.token"  # the service account's bearer token for local administrative commands (mode 0600)
 DEFAULT_DOMAIN = "mailkeep.test"  # RFC 2606: never a real domain; `mailkeep setup --domain` sets yours
 
 
@@ -40,6 +43,7 @@ class Options:
     smtp_port: int = 2525
     pop3_port: int = 1110
     imap_port: int = 1143
+    http_port: int = 8080
     domain: str = DEFAULT_DOMAIN
     size_limit: int = DEFAULT_SIZE_LIMIT
     maintenance_interval: float = 15 * 60.0
@@ -55,6 +59,7 @@ class Service:
         self.smtp: Controller | None = None
         self.pop3: Pop3Server | None = None
         self.imap: ImapServer | None = None
+        self.http: ApiServer | None = None
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -68,6 +73,8 @@ class Service:
         d = open_directory(self.data)
         try:
             d.add_user("Administrator", password_text=password, display_name="Administrator")
+            for role in roles.GROUPS:  # the built-in administrator holds every role, as in a new domain
+                roles.grant(d, "Administrator", role)
         finally:
             d.close()
         self._say(f"First start: server {res.server.name} set up in {self.data} (domain {self.options.domain}).")
@@ -90,6 +97,11 @@ class Service:
             self.pop3.start()
             self.imap = ImapServer(store, self.options.bind, self.options.imap_port)
             self.imap.start()
+            roles.ensure_groups(store.directory)
+            token = secrets.token_urlsafe(32)
+            _write_private(os.path.join(self.data, TOKEN), token)
+            self.http = ApiServer(store, self.options.bind, self.options.http_port, token=token)
+            self.http.start()
         except BaseException:
             self.stop()
             raise
@@ -100,17 +112,22 @@ class Service:
         self._say(f"  SMTP  {self.options.bind}:{self.options.smtp_port}  (mail for @{store.directory.domain})")
         self._say(f"  IMAP  {self.options.bind}:{self.options.imap_port}")
         self._say(f"  POP3  {self.options.bind}:{self.options.pop3_port}")
-        self._say("  HTTP: not yet (issue 6)")
+        self._say(f"  HTTP  http://{self.options.bind}:{self.options.http_port}/api/v1/  "
+                  "(OpenAPI: /api/v1/openapi.json)")
 
     def _write_state(self) -> None:
         path = os.path.join(self.data, STATE)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port,
-                       "pop3": self.options.pop3_port, "imap": self.options.imap_port}, f)
+                       "pop3": self.options.pop3_port, "imap": self.options.imap_port,
+                       "http": self.options.http_port}, f)
         os.replace(tmp, path)
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.imap is not None:
             self.imap.stop()
             self.imap = None
@@ -126,11 +143,25 @@ class Service:
         if self.store is not None:
             self.store.close()
             self.store = None
-        try:
-            os.unlink(os.path.join(self.data, STATE))
-        except FileNotFoundError:
-            pass
+        for name in (STATE, TOKEN):
+            try:
+                os.unlink(os.path.join(self.data, name))
+            except FileNotFoundError:
+                pass
         self._say("Mailkeep server stopped; databases dismounted (Clean Shutdown).")
+
+
+def _write_private(path: str, text: str) -> None:
+    """Owner-only from the first byte (no window in which another user could read it)."""
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def run(data: str, options: Options, out: TextIO) -> int:

@@ -1,0 +1,1 @@
+"""Administration: roles and the operations behind the CLI and the HTTP API."""

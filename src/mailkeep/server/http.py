@@ -1,0 +1,243 @@
+"""The HTTP API: administration as JSON over HTTP, described by an OpenAPI document.
+
+Every route is an :class:`~mailkeep.admin.registry.Operation`; this module only authenticates,
+turns a request into the operation's arguments and its outcome into a response.
+
+Invariants:
+- Every call but ``GET /api/v1/openapi.json`` is authenticated: HTTP Basic against the
+  directory (refused from a non-loopback client without TLS: passwords never cross a network
+  in the clear), or ``Bearer`` with the service token the server writes to
+  ``<data>/serve.token`` (mode 0600) for administrative commands run on the machine itself.
+- The role check happens in :func:`registry.invoke`, for every call, before anything runs.
+- Administrative operations run one at a time, in a worker thread (the store API blocks).
+- Errors are JSON ``{"error": NAME, "message": TEXT}`` with a status saying whose fault it is:
+  400 bad parameters, 401 no or wrong credentials, 403 missing role (the message names it),
+  404 no such object, 409 refused by the store's rules, 500 a bug (the server logs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+from aiohttp import web
+
+from mailkeep import __version__
+from mailkeep.admin import roles
+from mailkeep.admin.registry import BadRequest, Context, Operation, invoke, load
+from mailkeep.admin.roles import AccessDenied, Caller
+from mailkeep.directory.backend import DirectoryError
+from mailkeep.engine.errors import EseError
+from mailkeep.server.tcp import is_loopback
+from mailkeep.store.errors import StoreError
+from mailkeep.store.server import ConfigError
+from mailkeep.store.store import Store
+
+log = logging.getLogger("mailkeep.http")
+CACHE_SECONDS = 60.0  # a verified password is not re-hashed (scrypt) on every call for this long
+MAX_BODY = 1 << 20
+
+
+class ApiServer:
+    """aiohttp on its own event loop in a thread, like the mail protocols' servers."""
+
+    def __init__(self, store: Store, host: str, port: int, *, token: str, ssl_context: Any = None) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.token = token
+        self.ssl_context = ssl_context
+        self.ops = load()
+        self._admin = threading.Lock()
+        self._cache: dict[tuple[str, bytes], tuple[float, Caller]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_get("/api/v1/openapi.json", self._openapi)
+        for op in self.ops.values():
+            app.router.add_route(op.method, op.path, self._handler(op))
+        return app
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
+                               reuse_address=True)
+            loop.run_until_complete(site.start())
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+
+    # -- authentication ----------------------------------------------------------------------
+    def _caller(self, request: web.Request) -> Caller:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            if hmac.compare_digest(value.strip().encode(), self.token.encode()):
+                return roles.SERVICE
+            raise _Unauthorized("the token is not this server's service token (it changes at every start)")
+        if scheme.lower() != "basic":
+            raise _Unauthorized("give a user name and password (HTTP Basic authentication)")
+        if request.transport is not None and request.transport.get_extra_info("sslcontext") is None:
+            peer = request.remote or ""
+            if not is_loopback(peer):
+                raise _Unauthorized("passwords are accepted only over HTTPS or from this machine")
+        try:
+            name, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise _Unauthorized("malformed Basic credentials") from None
+        key = (name.lower(), hashlib.sha256(password.encode()).digest())
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        d = self.store.directory
+        user = d.authenticate(name, password)
+        if user is None:
+            raise _Unauthorized(f"wrong user name or password, or the account {name!r} is disabled")
+        caller = roles.caller_for(d, user)
+        if len(self._cache) > 1000:
+            self._cache.clear()
+        self._cache[key] = (now, caller)
+        return caller
+
+    # -- requests ----------------------------------------------------------------------------
+    def _handler(self, op: Operation) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                caller = await asyncio.to_thread(self._caller, request)
+                args: dict[str, Any] = dict(request.query)
+                if request.method in ("POST", "PATCH", "PUT") and request.can_read_body:
+                    try:
+                        body = await request.json()
+                    except json.JSONDecodeError:
+                        raise BadRequest("the request body is not JSON") from None
+                    if not isinstance(body, dict):
+                        raise BadRequest("the request body must be a JSON object")
+                    args.update(body)
+                args.update(request.match_info)
+                result = await asyncio.to_thread(self._invoke, caller, op, args)
+                return web.json_response(result, dumps=_dumps)
+            except _Unauthorized as e:
+                return _error(401, "Unauthorized", str(e), headers={"WWW-Authenticate": 'Basic realm="Mailkeep"'})
+            except AccessDenied as e:
+                return _error(403, "AccessDenied", str(e), needed=[r.value for r in e.needed])
+            except BadRequest as e:
+                return _error(400, "BadRequest", str(e))
+            except web.HTTPException:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes a JSON answer
+                return _failure(op, e)
+
+        return handle
+
+    def _invoke(self, caller: Caller, op: Operation, args: dict[str, Any]) -> Any:
+        with self._admin:
+            ctx = Context(caller, self.store.server.data, store=self.store)
+            return invoke(ctx, op.name, args)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi(self.ops), dumps=_dumps)
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _error(status: int, error: str, message: str, *, headers: dict[str, str] | None = None,
+           **extra: Any) -> web.Response:
+    return web.json_response({"error": error, "message": message, **extra}, status=status, headers=headers)
+
+
+def _failure(op: Operation, e: Exception) -> web.Response:
+    if isinstance(e, DirectoryError):
+        return _error(404 if e.result == "noSuchObject" else 409, "DirectoryError", str(e), result=e.result)
+    if isinstance(e, StoreError):
+        return _error(409, "StoreError", str(e), code=e.code, name=e.name)
+    if isinstance(e, EseError):
+        return _error(409, "EseError", str(e), code=e.number, name=e.name)
+    if isinstance(e, (ConfigError, ValueError)):
+        return _error(409 if isinstance(e, ConfigError) else 400, type(e).__name__, str(e))
+    log.error("%s failed:\n%s", op.name, traceback.format_exc())
+    return _error(500, "InternalError", f"{op.name} failed inside the server ({type(e).__name__}: {e}); "
+                  "the server's output has the details")
+
+
+def openapi(ops: dict[str, Operation]) -> dict[str, Any]:
+    """OpenAPI 3.1 for the registry: one path item per route, parameters and roles documented."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops.values():
+        params: list[dict[str, Any]] = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in op.path_params]
+        body: dict[str, Any] = {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
+        for p in op.params:
+            schema: dict[str, Any] = {"type": p.type}
+            if p.enum:
+                schema["enum"] = list(p.enum)
+            if op.method in ("GET", "DELETE"):
+                params.append({"name": p.name, "in": "query", "required": p.required, "schema": schema,
+                               "description": p.doc})
+            else:
+                body["properties"][p.name] = {**schema, "description": p.doc} if p.doc else schema
+                if p.required:
+                    body["required"].append(p.name)
+        who = " or ".join(r.title for r in op.roles) or "any account"
+        item: dict[str, Any] = {
+            "operationId": op.name, "summary": op.summary, "tags": [op.tag],
+            "description": f"Needs the role: {who}.", "x-roles": [r.value for r in op.roles],
+            "parameters": params,
+            "responses": {
+                "200": {"description": "done", "content": {"application/json": {}}},
+                "401": {"description": "no or wrong credentials"},
+                "403": {"description": f"the caller is not a {who}"},
+            },
+        }
+        if op.method not in ("GET", "DELETE") and body["properties"]:
+            item["requestBody"] = {"content": {"application/json": {"schema": body}}}
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Mailkeep administration API", "version": __version__},
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
+                                           "service": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"basic": []}, {"service": []}],
+        "paths": paths,
+    }
