@@ -15,13 +15,20 @@ that already have the message get no second copy (the store suppresses a deliver
 Message-ID and bytes are already in the mailbox). An unknown recipient among known ones
 makes the MTA bounce the message for all of them, so one recipient per delivery is still the
 clearest setup (Postfix: ``mailkeep_destination_recipient_limit = 1``).
+
+While ``mailkeep serve`` runs on the data folder it owns the storage groups, so the message is
+handed to it over SMTP on its loopback address instead (streamed, dot-stuffed); its replies
+map to the same exit codes: ``250`` delivered, ``550`` unknown, ``4xx`` retry, ``5xx`` after
+DATA rejected (e.g. larger than the server's SMTP size limit).
 """
 
 from __future__ import annotations
 
+import smtplib
 import sys
 from typing import BinaryIO, TextIO
 
+from mailkeep.cli.target import running_server
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
 from mailkeep.store import delivery
@@ -70,6 +77,9 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
         print(f"mailkeep deliver: {e}\n{USAGE}", file=err)
         return EX_USAGE
     src = stdin or sys.stdin.buffer
+    state = running_server(data)
+    if state is not None and state.get("smtp"):
+        return _through_server(state, src, sender, rcpts, err)
     try:
         store = Store.open(data, lock_wait=LOCK_WAIT)
     except ConfigError as e:
@@ -100,6 +110,65 @@ def main(argv: list[str], *, data: str, stdin: BinaryIO | None = None, err: Text
     if any(o.status == delivery.REJECTED for o in report.outcomes):
         return EX_DATAERR
     return EX_OK
+
+
+def _through_server(state: dict[str, object], src: BinaryIO, sender: str, rcpts: list[str], err: TextIO) -> int:
+    host = str(state.get("bind") or "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    codes: list[int] = []
+    try:
+        with smtplib.SMTP(host, int(str(state["smtp"])), timeout=300) as c:
+            c.ehlo("localhost")
+            code, msg = c.mail(sender)
+            if code != 250:
+                print(f"mailkeep deliver: the server refused the sender: {code} {msg.decode(errors='replace')}",
+                      file=err)
+                return EX_TEMPFAIL if 400 <= code < 500 else EX_DATAERR
+            accepted = []
+            for r in rcpts:
+                code, msg = c.rcpt(r)
+                if code in (250, 251):
+                    accepted.append(r)
+                else:
+                    print(f"mailkeep deliver: {r}: {code} {msg.decode(errors='replace')}", file=err)
+                    codes.append(EX_TEMPFAIL if 400 <= code < 500 else EX_NOUSER)
+            if accepted:
+                code, msg = _data(c, src)
+                if code != 250:
+                    print(f"mailkeep deliver: {', '.join(accepted)}: {code} {msg.decode(errors='replace')}", file=err)
+                    codes.append(EX_TEMPFAIL if 400 <= code < 500 else EX_DATAERR)
+    except (OSError, smtplib.SMTPException) as e:
+        print(f"mailkeep deliver: temporary failure, the running server (pid {state.get('pid')}) did not take the "
+              f"message: {e}", file=err)
+        return EX_TEMPFAIL
+    for rc in (EX_TEMPFAIL, EX_NOUSER, EX_DATAERR):
+        if rc in codes:
+            return rc
+    return EX_OK
+
+
+def _data(c: smtplib.SMTP, src: BinaryIO) -> tuple[int, bytes]:
+    """DATA, streamed line by line: CRLF line ends, leading dots doubled (RFC 5321 §4.5.2)."""
+    code, msg = c.docmd("DATA")
+    if code != 354:
+        return code, msg
+    buf = bytearray()
+    ended = True
+    while True:
+        line = src.readline(65536)
+        if not line:
+            break
+        if ended and line.startswith(b"."):
+            buf += b"."
+        ended = line.endswith(b"\n")
+        buf += line[:-2] + b"\r\n" if line.endswith(b"\r\n") else line[:-1] + b"\r\n" if ended else line
+        if len(buf) >= 1 << 16:
+            c.send(bytes(buf))
+            buf.clear()
+    if not ended:
+        buf += b"\r\n"
+    c.send(bytes(buf) + b".\r\n")
+    return c.getreply()
 
 
 def _mount_needed(store: Store, rcpts: list[str], err: TextIO) -> None:
