@@ -207,6 +207,7 @@ class Database:
         self.stm_fd = -1
         self.stm_end = STM_HEADER
         self.in_write = False
+        self.backup_holds = 0  # while > 0 an online backup is copying the .edb: its WAL is not folded
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -325,7 +326,10 @@ class Database:
 
     def checkpoint(self) -> bool:
         """Make everything committed durable in the .edb and .stm. False if readers kept
-        SQLite from completing its WAL checkpoint (try again later)."""
+        SQLite from completing its WAL checkpoint (try again later), or while an online backup
+        copies the .edb (the main file must not change under the copy)."""
+        if self.backup_holds:
+            return False
         w = self.writer
         try:
             # A reader in the middle of a long read must not stall the storage group's

@@ -22,11 +22,13 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from mailkeep.engine import checkpoint as chkfile
 from mailkeep.engine import codec, errors
+from mailkeep.engine.backup import BackupKind, OnlineBackup
 from mailkeep.engine.database import Database
 from mailkeep.engine.errors import EseError
 from mailkeep.engine.fileio import FileIO
@@ -132,6 +134,7 @@ class StorageGroup:
         self._failed_hold: dict[str, int] = {}
         self.signature = ""
         self.last_recovery: dict[str, object] = {}
+        self._backup: OnlineBackup | None = None
 
     # ======================================================================================
     # creation and opening
@@ -693,6 +696,9 @@ class StorageGroup:
             self._advance_checkpoint()
 
     def _detach_clean(self, db: Database) -> None:
+        b = self._backup
+        if b is not None and db in b.databases:
+            b.abort(EseError(errors.BackupAbortByServer, f"database {db.edb_path} was dismounted during the backup"))
         w = self._log_writer()
         _s, end = w.append(DETACH, db.dbid, b"")
         w.wait_durable(end)
@@ -914,6 +920,51 @@ class StorageGroup:
     def frozen(self) -> bool:
         return bool(self._frozen)
 
+    # ======================================================================================
+    # online backup
+    # ======================================================================================
+    def begin_backup(
+        self,
+        kind: BackupKind | str,
+        databases: Sequence[Database] | None = None,
+        *,
+        group_databases: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> OnlineBackup:
+        """Start an online backup (see engine/backup.py). ``databases``: the mounted databases
+        to back up (default all); ``group_databases``: the ``.edb`` paths of every database
+        the storage group has, mounted or not (the store knows them; the engine only knows the
+        mounted ones) — a dismounted one stops truncation."""
+        kind = BackupKind(kind)
+        with self._write_lock:
+            self._check_open()
+            if self._backup is not None:
+                raise EseError(errors.BackupInProgress, f"a {self._backup.kind.value} backup of {self.config.name} "
+                               "is running; wait for it to end (or stop it), then start this one")
+            chosen = list(self._dbs.values()) if databases is None else list(databases)
+            for db in chosen:
+                self._check_mounted(db)
+            if not chosen:
+                raise EseError(errors.DatabaseNotFound, f"{self.config.name} has no mounted database to back up; "
+                               "mount the databases first (a dismounted database cannot be backed up online)")
+            b = OnlineBackup(self, kind, chosen, group_databases if group_databases is not None else
+                             [db.edb_path for db in self._dbs.values()], clock)
+            self._backup = b
+            try:
+                b._begin()
+            except BaseException:
+                self._backup = None
+                raise
+            return b
+
+    def _backup_ended(self, b: OnlineBackup) -> None:
+        if self._backup is b:
+            self._backup = None
+
+    @property
+    def backup(self) -> OnlineBackup | None:
+        return self._backup
+
     def roll(self) -> int:
         """Force a roll-over; returns the generation closed."""
         with self._write_lock:
@@ -926,6 +977,9 @@ class StorageGroup:
         """Clean shutdown: every database detached (Clean Shutdown), log flushed."""
         if self._closed:
             return
+        b = self._backup
+        if b is not None:
+            b.abort(EseError(errors.BackupAbortByServer, f"{self.config.name} is shutting down"))
         try:
             with self._write_lock:
                 if self._writer is not None and self._writer.failed is None:
