@@ -1,0 +1,1 @@
+"""Backup media, jobs, catalogs and reports (issue 7)."""

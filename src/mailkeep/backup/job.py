@@ -1,0 +1,283 @@
+"""A backup job: storage groups or databases of a running store, streamed into media.
+
+The job drives the engine's streaming backup API (engine/backup.py) per storage group and
+writes what it yields into one backup set: the database files (``.edb``, ``.stm``), a patch
+entry per database (what ``Patch Current Full Backup`` shows after a restore), and the log
+generations, under the logical paths of the guide's backup tree
+(``SERVER/Information Store/First Storage Group/Mailbox Store (SERVER)/priv1.edb``).
+
+Invariants:
+- A storage group's backup either completes (truncation and header stamps done by the
+  engine) or is ended as failed (checkpoint unfrozen, headers untouched); the set records
+  which storage groups completed, so a restore never uses a failed one.
+- Events: 8000 when the job starts, 8019 when it ends (error level if anything failed).
+- The report section is appended whatever happens (an administrator reads the log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailkeep.backup import report
+from mailkeep.backup.media import MediaReader, MediaWriter, SetInfo, VerifyResult, verify
+from mailkeep.engine.backup import BackupKind
+from mailkeep.engine.errors import EseError
+from mailkeep.engine.logformat import gen_file_name
+from mailkeep.store.server import DatabaseInfo, StorageGroupInfo
+from mailkeep.store.store import Store
+
+SOURCE = "NTBackup"
+DATABASE_KINDS = ("normal", "copy", "incremental", "differential")
+
+
+class SelectionError(ValueError):
+    """A selection names nothing this server has; the message lists what it has."""
+
+
+@dataclass
+class GroupPlan:
+    sg: StorageGroupInfo
+    databases: list[DatabaseInfo]
+    whole: bool  # the whole storage group was selected
+    skipped: list[tuple[DatabaseInfo, str]] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    kind: str = "normal"
+    description: str = ""
+    media_name: str | None = None
+    replace: bool = False
+    owner_only: bool = False
+    compress: bool = False
+    verify: bool = False
+    detailed: bool = False
+    user: str = ""
+
+
+@dataclass
+class JobResult:
+    set: SetInfo
+    errors: list[str] = field(default_factory=list)
+    truncated: dict[str, list[int]] = field(default_factory=dict)
+    verify: VerifyResult | None = None
+    report: str = ""
+    removed_incomplete: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and (self.verify is None or not self.verify.different)
+
+
+def logical_root(store: Store) -> str:
+    return f"{store.server.name}/Information Store"
+
+
+def plan(store: Store, selection: list[str]) -> list[GroupPlan]:
+    """Resolve SELECTION strings (§10) to storage groups and databases, in server order."""
+    srv = store.server
+    root = logical_root(store)
+    groups = srv.storage_groups()
+    chosen: dict[str, GroupPlan] = {}
+    for raw in selection:
+        text = raw.strip().strip("/")
+        if text.lower() == root.lower() or text.lower() == "information store":
+            for g in groups:
+                chosen[g.prefix] = GroupPlan(g, srv.databases(g), True)
+            continue
+        rest = text[len(root) + 1:] if text.lower().startswith(root.lower() + "/") else None
+        if rest is None:
+            raise SelectionError(
+                f"{raw!r} is not part of this server's backup tree; choose '{root}', '{root}/STORAGE GROUP' or "
+                f"'{root}/STORAGE GROUP/DATABASE' (storage groups: {', '.join(g.name for g in groups)})")
+        sg_name, _, db_name = rest.partition("/")
+        sg = next((x for x in groups if x.name.lower() == sg_name.lower()), None)
+        if sg is None:
+            raise SelectionError(f"{raw!r}: this server has no storage group {sg_name!r} "
+                                 f"(it has: {', '.join(x.name for x in groups)})")
+        dbs = srv.databases(sg)
+        if not db_name:
+            chosen[sg.prefix] = GroupPlan(sg, dbs, True)
+            continue
+        d = next((x for x in dbs if x.name.lower() == db_name.lower()), None)
+        if d is None:
+            raise SelectionError(f"{raw!r}: storage group {sg.name} has no database {db_name!r} "
+                                 f"(it has: {', '.join(x.name for x in dbs)})")
+        p = chosen.setdefault(sg.prefix, GroupPlan(sg, [], False))
+        if d not in p.databases:
+            p.databases.append(d)
+    order = {g.prefix: i for i, g in enumerate(groups)}
+    return sorted(chosen.values(), key=lambda p: order[p.sg.prefix])
+
+
+def run(store: Store, media_path: str, selection: list[str], opts: Options, *,
+        progress: Callable[[str, int], None] | None = None) -> JobResult:
+    kind = BackupKind(opts.kind)
+    plans = plan(store, selection)
+    if not plans:
+        raise SelectionError("nothing selected: name the information store, a storage group or a database")
+    ev = store.events
+    root = logical_root(store)
+    ev.info(SOURCE, 8000, f"Begin Operation: {kind.value} backup of {', '.join(selection)} to {media_path}.",
+            media=media_path, kind=kind.value)
+    media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
+                             owner_only=opts.owner_only)
+    description = opts.description or f"Set created {time.strftime('%Y-%m-%d at %H:%M')}"
+    sw = media.begin_set(kind=kind.value, description=description, source=store.server.name,
+                         selection=list(selection), user=opts.user, compressed=opts.compress)
+    res = JobResult(sw.info, removed_incomplete=media.removed_incomplete)
+    groups: list[dict[str, Any]] = []
+    sw.info.extra["storage_groups"] = groups
+    try:
+        for p in plans:
+            groups.append(_backup_group(store, sw, p, kind, root, res, progress))
+        info = sw.finish()
+    finally:
+        media.close()
+    res.set = info
+    if opts.verify:
+        res.verify = verify(MediaReader(media_path), info.number)
+    res.report = _report(res, media_path, opts, root)
+    level = ev.info if res.ok else ev.error
+    level(SOURCE, 8019, f"End Operation: {kind.value} backup of {', '.join(selection)} "
+          + ("completed successfully." if res.ok else "completed with errors: " + "; ".join(
+              res.errors + ([f"verify found {len(res.verify.different)} difference(s)"]
+                            if res.verify and res.verify.different else []))),
+          set=info.number, media=media_path)
+    return res
+
+
+def _backup_group(store: Store, sw: Any, p: GroupPlan, kind: BackupKind, root: str, res: JobResult,
+                  progress: Callable[[str, int], None] | None) -> dict[str, Any]:
+    sg_info = p.sg
+    base = f"{root}/{sg_info.name}"
+    record: dict[str, Any] = {"name": sg_info.name, "prefix": sg_info.prefix, "status": "failed", "databases": []}
+    mounted = []
+    for d in p.databases:
+        if store.is_mounted(d):
+            mounted.append(d)
+        else:
+            p.skipped.append((d, "it is dismounted"))
+            res.errors.append(f"{sg_info.name}/{d.name} was not backed up: it is dismounted (mount it, or leave it "
+                              "out of the selection)")
+    if not mounted:
+        record["status"] = "failed: no mounted database"
+        return record
+    sg = store.group(sg_info)
+    handles = [store.handle(d).db for d in mounted]
+    everything = [d.edb for d in store.server.databases(sg_info)]
+    try:
+        b = sg.begin_backup(kind, handles, group_databases=everything)
+    except EseError as e:
+        res.errors.append(f"{sg_info.name}: {e}")
+        record["status"] = f"failed: {e}"
+        return record
+    record.update(log_signature=sg.signature, kind=kind.value)
+    try:
+        for f in b.database_files():
+            info = next(d for d in mounted if d.edb == f.database or _same(d.edb, f.database))
+            name = f"{base}/{info.name}/{f.name}"
+            with b.open(f) as r:
+                sw.add(name, f.role, _chunks(r), f.size, database=info.name,
+                       progress=(lambda n, _name=name: progress(_name, n)) if progress else None)
+        logs = b.log_files()
+        for f in logs:
+            name = f"{base}/{gen_file_name(sg_info.prefix, f.generation)}"
+            with b.open(f) as r:
+                sw.add(name, "log", _chunks(r), f.size, generation=f.generation,
+                       progress=(lambda n, _name=name: progress(_name, n)) if progress else None)
+        for d, db in zip(mounted, handles, strict=True):
+            if kind.full:
+                data = b.patch(db)
+                sw.add(f"{base}/{d.name}/{_stem(d.edb)}.pat", "patch", iter([data]), len(data), database=d.name)
+            record["databases"].append({"name": d.name, "guid": str(d.guid), "public": d.public, "edb": d.edb,
+                                        "stm": d.stm, "signature": db.header.signature})
+        if kind.truncates:
+            res.truncated[sg_info.name] = b.truncate()
+        b.end(ok=True)
+        record.update(status="complete", low_gen=b.low_gen, high_gen=b.high_gen)
+    except BaseException as e:
+        b.end(ok=False)
+        res.errors.append(f"{sg_info.name}: {e}")
+        record["status"] = f"failed: {e}"
+        if not isinstance(e, Exception):
+            raise
+    return record
+
+
+def _same(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _stem(path: str) -> str:
+    import os
+
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _chunks(r: Any) -> Any:
+    while chunk := r.read():
+        yield chunk
+
+
+def _report(res: JobResult, media_path: str, opts: Options, root: str) -> str:
+    s = res.set
+    files = len(s.entries)
+    dirs = len({e.name.rsplit("/", 1)[0] for e in s.entries})
+    lines = [
+        "Backup Status",
+        "Operation: Backup",
+        "Active backup destination: File",
+        f'Media name: "{s.media_name}"',
+        f'Backup of "{", ".join(s.selection)}"',
+        f"Backup set #{s.number} on media #1",
+        f'Backup description: "{s.description}"',
+        f'Media name: "{s.media_name}"',
+        f"Backup Type: {s.kind.capitalize()}",
+        f"Backup started on {report.when(s.started)}.",
+    ]
+    if opts.detailed:
+        lines += [f"  {e.name}  {report.number(e.size)} bytes  sha256 {e.sha256}" for e in s.entries]
+    for err in res.errors:
+        lines.append(f"Error: {err}")
+    for sg_name, gens in res.truncated.items():
+        if gens:
+            lines.append(f"{sg_name}: log files {gens[0]} to {gens[-1]} truncated.")
+    lines += [
+        f"Backup completed on {report.when(s.completed or time.time())}." if not res.errors else
+        f"Backup completed with errors on {report.when(s.completed or time.time())}.",
+        f"Directories: {dirs}",
+        f"Files: {files}",
+        f"Bytes: {report.number(s.bytes)}",
+        f"Time:  {report.duration((s.completed or time.time()) - s.started)}",
+    ]
+    text = report.append(lines)
+    if res.verify is not None:
+        text += verify_report(res.verify, media_path, "Verify After Backup")
+    return text
+
+
+def verify_report(v: VerifyResult, media_path: str, operation: str = "Verify") -> str:
+    s = v.set
+    lines = [
+        "Verify Status",
+        f"Operation: {operation}",
+        "Active backup destination: File",
+        f"Active backup destination: {media_path}",
+        f'Verify of "{", ".join(s.selection)}"',
+        f"Backup set #{s.number} on media #1",
+        f'Backup description: "{s.description}"',
+        f"Verify started on {report.when(v.started)}.",
+        f"Verify completed on {report.when(v.completed)}.",
+        f"Directories: {len({e.name.rsplit('/', 1)[0] for e in s.entries})}",
+        f"Files: {v.files}",
+        f"Different: {len(v.different)}",
+    ]
+    lines += [f"  Different: {name}" for name in v.different]
+    lines += [f"Bytes: {report.number(v.bytes)}", f"Time:  {report.duration(v.completed - v.started)}"]
+    return report.append(lines)
