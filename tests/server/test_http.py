@@ -164,7 +164,8 @@ def test_openapi_document_lists_every_operation(running: tuple[Path, int, int]) 
     assert doc["openapi"] == "3.1.0"
     ids = {item["operationId"]: (path, method.upper(), item["x-roles"])
            for path, methods in doc["paths"].items() for method, item in methods.items()}
-    assert ids == {op.name: (op.path, op.method, [r.value for r in op.roles]) for op in load().values()}
+    assert ids == {op.name: (op.path, op.method, [r.value for r in op.roles]) for op in load().values()} | {
+        "backup.stream": ("/api/v1/backup/stream", "POST", ["backup-operator"])}
     mount = doc["paths"]["/api/v1/databases/{name}/mount"]["post"]
     assert mount["requestBody"]["content"]["application/json"]["schema"]["properties"]["create_new"]["type"] == \
         "boolean"

@@ -151,6 +151,6 @@ def invoke(ctx: Context, name: str, args: Mapping[str, Any]) -> Any:
 
 def load() -> dict[str, Operation]:
     """The registry with every operation module imported."""
-    from mailkeep.admin import ops  # noqa: F401 - registers on import
+    from mailkeep.admin import fti_ops, ops  # noqa: F401 - registers on import
 
     return REGISTRY

@@ -10,19 +10,23 @@ Invariants:
 - A storage group's backup either completes (truncation and header stamps done by the
   engine) or is ended as failed (checkpoint unfrozen, headers untouched); the set records
   which storage groups completed, so a restore never uses a failed one.
-- Events: 8000 when the job starts, 8019 when it ends (error level if anything failed).
+- Events (in the backed-up server's log): 8000 when the job starts, 8019 when it ends
+  (error level if anything failed or the agent went away).
+- The source (server side) and the sink (media side) meet only through :class:`Item`s and a
+  final summary, so the same job runs in-process or across the HTTP API (remote backup).
 - The report section is appended whatever happens (an administrator reads the log).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailkeep.backup import report
-from mailkeep.backup.media import MediaReader, MediaWriter, SetInfo, VerifyResult, verify
+from mailkeep.backup.media import MediaError, MediaReader, MediaWriter, SetInfo, VerifyResult, verify
 from mailkeep.engine.backup import BackupKind
 from mailkeep.engine.errors import EseError
 from mailkeep.engine.logformat import gen_file_name
@@ -113,56 +117,63 @@ def plan(store: Store, selection: list[str]) -> list[GroupPlan]:
     return sorted(chosen.values(), key=lambda p: order[p.sg.prefix])
 
 
-def run(store: Store, media_path: str, selection: list[str], opts: Options, *,
-        progress: Callable[[str, int], None] | None = None) -> JobResult:
-    kind = BackupKind(opts.kind)
+@dataclass
+class Item:
+    """One file of a backup as the source produces it: the sink writes it to media."""
+
+    name: str
+    role: str
+    size: int
+    chunks: Iterator[bytes]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Source = Generator["Item | dict[str, Any]", None, None]  # items, then one summary dict
+
+
+def source(store: Store, selection: list[str], kind_name: str) -> Source:
+    """The server side of a backup: each storage group through the engine's streaming API,
+    yielding the files in order and finally a summary (storage groups, errors, truncation).
+    Closing the generator early (the agent went away) ends the running storage group's
+    backup as failed: checkpoint unfrozen, error events."""
+    kind = BackupKind(kind_name)
     plans = plan(store, selection)
     if not plans:
         raise SelectionError("nothing selected: name the information store, a storage group or a database")
     ev = store.events
     root = logical_root(store)
-    ev.info(SOURCE, 8000, f"Begin Operation: {kind.value} backup of {', '.join(selection)} to {media_path}.",
-            media=media_path, kind=kind.value)
-    media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
-                             owner_only=opts.owner_only)
-    description = opts.description or f"Set created {time.strftime('%Y-%m-%d at %H:%M')}"
-    sw = media.begin_set(kind=kind.value, description=description, source=store.server.name,
-                         selection=list(selection), user=opts.user, compressed=opts.compress)
-    res = JobResult(sw.info, removed_incomplete=media.removed_incomplete)
-    groups: list[dict[str, Any]] = []
-    sw.info.extra["storage_groups"] = groups
+    ev.info(SOURCE, 8000, f"Begin Operation: {kind.value} backup of {', '.join(selection)}.", kind=kind.value)
+    summary: dict[str, Any] = {"storage_groups": [], "errors": [], "truncated": {}, "server": store.server.name}
+    ok = False
     try:
         for p in plans:
-            groups.append(_backup_group(store, sw, p, kind, root, res, progress))
-        info = sw.finish()
+            record = yield from _group_items(store, p, kind, root, summary)
+            summary["storage_groups"].append(record)
+        ok = not summary["errors"]
+        yield summary
     finally:
-        media.close()
-    res.set = info
-    if opts.verify:
-        res.verify = verify(MediaReader(media_path), info.number)
-    res.report = _report(res, media_path, opts, root)
-    level = ev.info if res.ok else ev.error
-    level(SOURCE, 8019, f"End Operation: {kind.value} backup of {', '.join(selection)} "
-          + ("completed successfully." if res.ok else "completed with errors: " + "; ".join(
-              res.errors + ([f"verify found {len(res.verify.different)} difference(s)"]
-                            if res.verify and res.verify.different else []))),
-          set=info.number, media=media_path)
-    return res
+        if ok:
+            ev.info(SOURCE, 8019, f"End Operation: {kind.value} backup of {', '.join(selection)} completed "
+                    "successfully.", kind=kind.value)
+        else:
+            why = "; ".join(summary["errors"]) or "the backup agent stopped before the end"
+            ev.error(SOURCE, 8019, f"End Operation: {kind.value} backup of {', '.join(selection)} did not complete: "
+                     f"{why}", kind=kind.value)
 
 
-def _backup_group(store: Store, sw: Any, p: GroupPlan, kind: BackupKind, root: str, res: JobResult,
-                  progress: Callable[[str, int], None] | None) -> dict[str, Any]:
+def _group_items(store: Store, p: GroupPlan, kind: BackupKind, root: str,
+                 summary: dict[str, Any]) -> Generator[Item, None, dict[str, Any]]:
     sg_info = p.sg
     base = f"{root}/{sg_info.name}"
+    errors: list[str] = summary["errors"]
     record: dict[str, Any] = {"name": sg_info.name, "prefix": sg_info.prefix, "status": "failed", "databases": []}
     mounted = []
     for d in p.databases:
         if store.is_mounted(d):
             mounted.append(d)
         else:
-            p.skipped.append((d, "it is dismounted"))
-            res.errors.append(f"{sg_info.name}/{d.name} was not backed up: it is dismounted (mount it, or leave it "
-                              "out of the selection)")
+            errors.append(f"{sg_info.name}/{d.name} was not backed up: it is dismounted (mount it, or leave it out "
+                          "of the selection)")
     if not mounted:
         record["status"] = "failed: no mounted database"
         return record
@@ -172,40 +183,96 @@ def _backup_group(store: Store, sw: Any, p: GroupPlan, kind: BackupKind, root: s
     try:
         b = sg.begin_backup(kind, handles, group_databases=everything)
     except EseError as e:
-        res.errors.append(f"{sg_info.name}: {e}")
+        errors.append(f"{sg_info.name}: {e}")
         record["status"] = f"failed: {e}"
         return record
     record.update(log_signature=sg.signature, kind=kind.value)
     try:
         for f in b.database_files():
-            info = next(d for d in mounted if d.edb == f.database or _same(d.edb, f.database))
-            name = f"{base}/{info.name}/{f.name}"
+            info = next(d for d in mounted if _same(d.edb, f.database))
             with b.open(f) as r:
-                sw.add(name, f.role, _chunks(r), f.size, database=info.name,
-                       progress=(lambda n, _name=name: progress(_name, n)) if progress else None)
-        logs = b.log_files()
-        for f in logs:
-            name = f"{base}/{gen_file_name(sg_info.prefix, f.generation)}"
+                yield Item(f"{base}/{info.name}/{f.name}", f.role, f.size, _chunks(r), {"database": info.name})
+        for f in b.log_files():
             with b.open(f) as r:
-                sw.add(name, "log", _chunks(r), f.size, generation=f.generation,
-                       progress=(lambda n, _name=name: progress(_name, n)) if progress else None)
+                yield Item(f"{base}/{gen_file_name(sg_info.prefix, f.generation)}", "log", f.size, _chunks(r),
+                           {"generation": f.generation})
         for d, db in zip(mounted, handles, strict=True):
             if kind.full:
                 data = b.patch(db)
-                sw.add(f"{base}/{d.name}/{_stem(d.edb)}.pat", "patch", iter([data]), len(data), database=d.name)
+                yield Item(f"{base}/{d.name}/{_stem(d.edb)}.pat", "patch", len(data), iter([data]),
+                           {"database": d.name})
             record["databases"].append({"name": d.name, "guid": str(d.guid), "public": d.public, "edb": d.edb,
                                         "stm": d.stm, "signature": db.header.signature})
         if kind.truncates:
-            res.truncated[sg_info.name] = b.truncate()
+            summary["truncated"][sg_info.name] = b.truncate()
         b.end(ok=True)
         record.update(status="complete", low_gen=b.low_gen, high_gen=b.high_gen)
-    except BaseException as e:
+    except Exception as e:
         b.end(ok=False)
-        res.errors.append(f"{sg_info.name}: {e}")
+        errors.append(f"{sg_info.name}: {e}")
         record["status"] = f"failed: {e}"
-        if not isinstance(e, Exception):
-            raise
+    except BaseException:  # GeneratorExit: the agent went away
+        b.end(ok=False)
+        raise
     return record
+
+
+def run(store: Store, media_path: str, selection: list[str], opts: Options, *,
+        progress: Callable[[str, int], None] | None = None) -> JobResult:
+    """A backup of this process's own store into local media."""
+    return write_set(source(store, selection, opts.kind), media_path, selection, opts, progress=progress)
+
+
+def write_set(src: Source, media_path: str, selection: list[str], opts: Options, *,
+              progress: Callable[[str, int], None] | None = None) -> JobResult:
+    """The agent side: everything the source yields becomes one set on the media."""
+    kind = BackupKind(opts.kind)
+    try:
+        first = next(src)  # a refused or wrong request fails here, before the media are touched
+    except StopIteration:
+        raise SelectionError("the backup produced nothing") from None
+    media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
+                             owner_only=opts.owner_only)
+    description = opts.description or f"Set created {time.strftime('%Y-%m-%d at %H:%M')}"
+    sw = None
+    res: JobResult | None = None
+    try:
+        for item in itertools.chain([first], src):
+            if sw is None:
+                server = item.get("server", "") if isinstance(item, dict) else item.name.split("/", 1)[0]
+                sw = media.begin_set(kind=kind.value, description=description, source=server,
+                                     selection=list(selection), user=opts.user, compressed=opts.compress)
+                res = JobResult(sw.info, removed_incomplete=media.removed_incomplete)
+            assert res is not None
+            if isinstance(item, dict):
+                sw.info.extra["storage_groups"] = item["storage_groups"]
+                res.errors.extend(item["errors"])
+                res.truncated = {k: list(v) for k, v in item["truncated"].items()}
+                continue
+            tick: Callable[[int], None] | None = None
+            if progress is not None:
+                tick = _ticker(progress, item.name)
+            sw.add(item.name, item.role, item.chunks, item.size, progress=tick, **item.meta)
+        if sw is None or res is None:
+            raise SelectionError("the backup produced nothing")
+        if "storage_groups" not in sw.info.extra:
+            raise MediaError("the backup stream ended without its summary: the set is incomplete")
+        res.set = sw.finish()
+    except BaseException:
+        close = getattr(src, "close", None)
+        if close is not None:
+            close()
+        media.abandon()
+        raise
+    media.close()
+    if opts.verify:
+        res.verify = verify(MediaReader(media_path), res.set.number)
+    res.report = _report(res, media_path, opts)
+    return res
+
+
+def _ticker(progress: Callable[[str, int], None], name: str) -> Callable[[int], None]:
+    return lambda n: progress(name, n)
 
 
 def _same(a: str, b: str) -> bool:
@@ -225,7 +292,7 @@ def _chunks(r: Any) -> Any:
         yield chunk
 
 
-def _report(res: JobResult, media_path: str, opts: Options, root: str) -> str:
+def _report(res: JobResult, media_path: str, opts: Options) -> str:
     s = res.set
     files = len(s.entries)
     dirs = len({e.name.rsplit("/", 1)[0] for e in s.entries})

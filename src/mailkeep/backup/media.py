@@ -288,6 +288,13 @@ class MediaWriter:
         if sync:
             os.fsync(self.f.fileno())
 
+    def abandon(self) -> None:
+        """Stop without a catalog: the set stays incomplete and the next append cuts it off."""
+        try:
+            self.f.flush()
+        finally:
+            self.f.close()
+
     def close(self) -> None:
         self.tar.close()  # end-of-archive blocks: plain tar tools stop cleanly
         self.f.flush()

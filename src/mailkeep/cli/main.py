@@ -63,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve.add_parser(sub)
     directory_tools.add_parsers(sub)
+    from mailkeep.cli import backup, fti
+
+    fti.add_parser(sub)
+    backup.add_parser(sub)
     ev = sub.add_parser("events", help="show the application event log")
     ev.add_argument("--source")
     ev.add_argument("--id", type=int)
@@ -78,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return store_tools.main(ns, data=data_dir(data))
     if ns.command in ("user", "directory", "role"):
         return directory_tools.main(ns, data=data_dir(data))
+    if ns.command == "fti":
+        return fti.main(ns, data=data_dir(data))
+    if ns.command == "backup":
+        return backup.main(ns, data=data_dir(data))
     if ns.command == "events":
         from mailkeep.cli import events
 

@@ -33,7 +33,7 @@ from aiohttp import web
 from mailkeep import __version__
 from mailkeep.admin import roles
 from mailkeep.admin.registry import BadRequest, Context, Operation, invoke, load
-from mailkeep.admin.roles import AccessDenied, Caller
+from mailkeep.admin.roles import AccessDenied, Caller, Role
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
 from mailkeep.server.tcp import is_loopback
@@ -44,6 +44,7 @@ from mailkeep.store.store import Store
 log = logging.getLogger("mailkeep.http")
 CACHE_SECONDS = 60.0  # a verified password is not re-hashed (scrypt) on every call for this long
 MAX_BODY = 1 << 20
+BACKUP_PATH = "/api/v1/backup/stream"
 
 
 class ApiServer:
@@ -68,6 +69,7 @@ class ApiServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
+        app.router.add_post(BACKUP_PATH, self._backup_stream)
         for op in self.ops.values():
             app.router.add_route(op.method, op.path, self._handler(op))
         return app
@@ -173,6 +175,78 @@ class ApiServer:
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi(self.ops), dumps=_dumps)
 
+    # -- remote backup (the guide's Remote Store option) -------------------------------------
+    async def _backup_stream(self, request: web.Request) -> web.StreamResponse:
+        """Stream a backup of this server's storage groups as a pax tar (backup/stream.py).
+        Backpressure is TCP's: the producing thread blocks while the agent does not read
+        (the checkpoint stays frozen, as the guide warns); an agent that disconnects ends the
+        backup at once (the engine unfreezes and logs the failure)."""
+        from mailkeep.backup import job
+
+        try:
+            caller = await asyncio.to_thread(self._caller, request)
+            caller.require("stream a backup (backup.stream)", Role.BACKUP_OPERATOR)
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                raise BadRequest("the request body is not JSON") from None
+            selection = body.get("selection") if isinstance(body, dict) else None
+            kind = body.get("type", "normal") if isinstance(body, dict) else None
+            if not isinstance(selection, list) or not selection or not all(isinstance(x, str) for x in selection):
+                raise BadRequest("give 'selection': a list of backup-tree names, e.g. ['SERVER/Information Store']")
+            if kind not in job.DATABASE_KINDS:
+                raise BadRequest(f"'type' must be one of {', '.join(job.DATABASE_KINDS)}, not {kind!r}")
+            job.plan(self.store, selection)  # a wrong selection is a 400, before the stream starts
+        except _Unauthorized as e:
+            return _error(401, "Unauthorized", str(e), headers={"WWW-Authenticate": 'Basic realm="Mailkeep"'})
+        except AccessDenied as e:
+            return _error(403, "AccessDenied", str(e), needed=[r.value for r in e.needed])
+        except (BadRequest, job.SelectionError) as e:
+            return _error(400, "BadRequest", str(e))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+        gone = threading.Event()
+        fut = loop.run_in_executor(None, self._produce_backup, selection, kind, loop, queue, gone)
+        try:
+            while (chunk := await queue.get()) is not None:
+                await resp.write(chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            gone.set()
+            while not fut.done():  # let the producer see it and end the backup
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    await asyncio.sleep(0.05)
+            raise
+        finally:
+            gone.set()
+        await fut
+        await resp.write_eof()
+        return resp
+
+    def _produce_backup(self, selection: list[str], kind: str, loop: asyncio.AbstractEventLoop,
+                        queue: asyncio.Queue[bytes | None], gone: threading.Event) -> None:
+        from mailkeep.backup import job, stream
+
+        class Out:
+            def write(self, b: bytes) -> int:
+                if gone.is_set():
+                    raise BrokenPipeError("the backup agent disconnected")
+                asyncio.run_coroutine_threadsafe(queue.put(bytes(b)), loop).result()
+                return len(b)
+
+        src = job.source(self.store, selection, kind)
+        try:
+            stream.write_stream(src, Out())  # type: ignore[arg-type]
+        except BaseException:
+            src.close()  # ends a running storage group's backup as failed
+            log.warning("backup stream of %s ended early", ", ".join(selection))
+        finally:
+            if not gone.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
 
 class _Unauthorized(Exception):
     pass
@@ -233,6 +307,19 @@ def openapi(ops: dict[str, Operation]) -> dict[str, Any]:
         if op.method not in ("GET", "DELETE") and body["properties"]:
             item["requestBody"] = {"content": {"application/json": {"schema": body}}}
         paths.setdefault(op.path, {})[op.method.lower()] = item
+    paths[BACKUP_PATH] = {"post": {
+        "operationId": "backup.stream", "summary": "stream a backup of storage groups or databases (remote backup)",
+        "tags": ["backup"], "description": "Needs the role: backup operator. The response is a pax tar stream: one "
+        "member per file (pax headers MAILKEEP.role, MAILKEEP.meta), SUMMARY.json last.",
+        "x-roles": [Role.BACKUP_OPERATOR.value], "parameters": [],
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "required": ["selection"], "properties": {
+                "selection": {"type": "array", "items": {"type": "string"}},
+                "type": {"type": "string", "enum": ["normal", "copy", "incremental", "differential"]}}}}}},
+        "responses": {"200": {"description": "the backup stream", "content": {"application/x-tar": {}}},
+                      "400": {"description": "bad selection or type"}, "401": {"description": "credentials"},
+                      "403": {"description": "the caller is not a backup operator"}},
+    }}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Mailkeep administration API", "version": __version__},

@@ -4,29 +4,35 @@ delivery of a message to the system attendant mailbox").
 
 Invariant: one background thread per store; each run is bounded (one pass over the
 mounted databases) and its failures are logged as events, never raised into the service;
-:meth:`Maintenance.stop` returns only after the thread has ended.
+:meth:`Maintenance.stop` returns only after the thread has ended. The same thread runs the
+full-text indexes' incremental populations, each at its database's update interval
+(``fti.update_due``, looked at every ``fti_tick`` seconds).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
-from mailkeep.store import agents, attendant
+from mailkeep.store import agents, attendant, fti
 from mailkeep.store.errors import StoreError
 
 if TYPE_CHECKING:
     from mailkeep.store.store import Store
 
 DEFAULT_INTERVAL = 15 * 60.0  # Exchange runs its cleanup agent on a schedule; 15 minutes here
+FTI_TICK = 60.0  # how often the full-text indexes' update intervals are looked at
 
 
 class Maintenance:
-    def __init__(self, store: Store, *, interval: float = DEFAULT_INTERVAL, system_attendant: bool = True) -> None:
-        if interval <= 0:
+    def __init__(self, store: Store, *, interval: float = DEFAULT_INTERVAL, system_attendant: bool = True,
+                 fti_tick: float = FTI_TICK) -> None:
+        if interval <= 0 or fti_tick <= 0:
             raise ValueError("the maintenance interval must be positive")
         self.store = store
         self.interval = interval
+        self.fti_tick = fti_tick
         self.system_attendant = system_attendant
         self.runs = 0
         self._stop = threading.Event()
@@ -54,9 +60,20 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="mailkeep-maintenance", daemon=True)
         self._thread.start()
 
+    def run_fti(self) -> list[fti.PopulateReport]:
+        try:
+            return fti.update_due(self.store)
+        except Exception as e:  # noqa: BLE001 - update_due logs per database; this is the unexpected
+            self.store.events.error(fti.SOURCE, fti.EV_FAILED, f"Full-text index update failed: {e}")
+            return []
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.run_once()
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, min(self.fti_tick, due - time.monotonic()))):
+            if time.monotonic() >= due:
+                self.run_once()
+                due = time.monotonic() + self.interval
+            self.run_fti()
 
     def stop(self) -> None:
         self._stop.set()
