@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 
 from mailkeep.backup.media import MediaReader, verify
+from mailkeep.directory import tasks
+from mailkeep.directory.setup import open_directory
 from mailkeep.engine.database import Database
 from mailkeep.engine.fileio import FileIO
 from mailkeep.engine.logreader import StreamLayout
 from mailkeep.engine.recovery import replay
+from mailkeep.store.setup import setup_server
 from tests.server.test_serve import data, free_port, start, stop  # noqa: F401 - `data` is a fixture
 
 SG = "EX1/Information Store/First Storage Group"
@@ -38,6 +41,18 @@ def mk(data_dir: Path, *args: str, env: dict[str, str] | None = None,
        timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mailkeep", "--data", str(data_dir), *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """A server whose log generations are 64 KiB, so a short drill spans many of them."""
+    d = tmp_path / "small"
+    res = setup_server(str(d), domain="contoso.com", server="EX1", log_file_size=64 * 1024)
+    directory = open_directory(str(d))
+    directory.add_user("alice", password_text="pw")
+    tasks.mailbox_enable(directory, "alice", res.mailbox_store.dn)
+    directory.close()
+    return d
 
 
 @pytest.fixture(autouse=True)
@@ -104,16 +119,16 @@ class Sender(threading.Thread):
             i += 1
 
 
-def test_d1_normal_backup_while_smtp_delivery_runs(data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_d1_normal_backup_while_smtp_delivery_runs(small: Path, tmp_path: Path) -> None:
     smtp = free_port()
-    p = start(data, smtp, "--http", str(free_port()))
+    p = start(small, smtp, "--http", str(free_port()))
     senders = [Sender(smtp, f"s{k}") for k in range(2)]
     try:
         for s in senders:
             s.start()
-        time.sleep(1.0)
+        time.sleep(1.5)
         started = time.time()
-        r = mk(data, "backup", "run", "--media", str(tmp_path / "d1.bkf"), "--verify", "--json", DB)
+        r = mk(small, "backup", "run", "--media", str(tmp_path / "d1.bkf"), "--verify", "--json", SG)
         ended = time.time()
         time.sleep(0.5)
     finally:
@@ -134,6 +149,26 @@ def test_d1_normal_backup_while_smtp_delivery_runs(data: Path, tmp_path: Path) -
     assert before <= in_backup  # everything acknowledged before the backup began is in it
     assert in_backup <= {m for _, m in acked}  # and nothing that was never acknowledged
     assert verify(MediaReader(str(tmp_path / "d1.bkf")), 1).different == []
+    # generations below the checkpoint were truncated
+    rec = out["storage_groups"][0]
+    gone = out["truncated"]["First Storage Group"]
+    assert gone and gone == list(range(1, gone[-1] + 1)) and gone[-1] < rec["low_gen"]
+    logs = sorted(os.listdir(small / "mdbdata"))
+    assert all(f"E00{g:08X}.log" not in logs for g in gone)
+    # the report's Backup Status lines
+    rep = mk(small, "backup", "report", "--last").stdout.splitlines()
+    assert rep[1:4] == ["Backup Status", "Operation: Backup", "Active backup destination: File"]
+    assert f'Backup of "{SG}"' in rep and "Backup Type: Normal" in rep and "Different: 0" in rep
+    assert f"Files: {len(MediaReader(str(tmp_path / 'd1.bkf')).get_set(1).entries)}" in rep
+    # events 8000 and 8019
+    ev = mk(small, "events", "--source", "NTBackup", "--json").stdout.splitlines()
+    assert [(json.loads(e)["id"], json.loads(e)["level"]) for e in ev] == [(8000, "information"),
+                                                                           (8019, "information")]
+    # Previous Full Backup in eseutil /mh
+    mh = mk(small, "eseutil", "/mh", str(small / "mdbdata" / "priv1.edb")).stdout
+    section = mh.split("Previous Full Backup:", 1)[1].splitlines()
+    lo, hi = rec["low_gen"], rec["high_gen"]
+    assert section[1].strip() == f"Log Gen: {lo}-{hi} (0x{lo:X}-0x{hi:X})"
 
 
 def test_d20_remote_backup_as_backup_operator(data: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -368,3 +368,30 @@ def test_a_damaged_log_stops_the_backup(group: StorageGroup, tmp_path: Path) -> 
 
 def test_config_is_unchanged(sg_config: StorageGroupConfig) -> None:
     assert sg_config.checkpoint_depth_max == 1000
+
+
+def test_d16_a_backup_that_never_finishes(tmp_path: Path, events: EventLog) -> None:
+    """Drill D16 at the engine (the server's limit is 1,000 generations; here 10): the
+    checkpoint stays frozen, a warning comes well before the limit, and at the limit the
+    databases dismount with an error event, which ends the backup."""
+    g = StorageGroup.create(make_config(tmp_path, checkpoint_depth_max=10), io=FileIO(), events=events)
+    try:
+        db = g.create_database(*db_paths(tmp_path))
+        b = g.begin_backup("normal")
+        chk = g.checkpoint_lsn
+        i = 0
+        warned_at = None
+        while db in g.databases and i < 200_000:
+            add_rows(g, db, range(i, i + 20))
+            i += 20
+            if warned_at is None and any(True for _ in events.read(source="ESE", event_id=620)):
+                warned_at = g.checkpoint_depth
+                assert g.checkpoint_lsn == chk  # still frozen
+        assert warned_at == 8  # 80 % of the limit
+        assert db not in g.databases
+        err = next(events.read(source="ESE", event_id=621))
+        assert err.level == "error" and err.data["error"] == errors.CheckpointDepthTooDeep
+        assert b.state == "aborted" and not g.frozen
+        assert next(events.read(source="ESE", event_id=214)).level == "error"
+    finally:
+        g.close()

@@ -37,6 +37,10 @@ SOURCE = "NTBackup"
 DATABASE_KINDS = ("normal", "copy", "incremental", "differential")
 
 
+class BackupFailed(Exception):
+    """Nothing could be backed up; the media were not touched."""
+
+
 class SelectionError(ValueError):
     """A selection names nothing this server has; the message lists what it has."""
 
@@ -231,6 +235,8 @@ def write_set(src: Source, media_path: str, selection: list[str], opts: Options,
         first = next(src)  # a refused or wrong request fails here, before the media are touched
     except StopIteration:
         raise SelectionError("the backup produced nothing") from None
+    if isinstance(first, dict) and first.get("errors"):  # nothing at all was backed up: no set is written
+        raise BackupFailed("nothing was backed up: " + "; ".join(first["errors"]))
     media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
                              owner_only=opts.owner_only)
     description = opts.description or f"Set created {time.strftime('%Y-%m-%d at %H:%M')}"

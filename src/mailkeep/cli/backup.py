@@ -73,7 +73,7 @@ def main(ns: argparse.Namespace, *, data: str, out: TextIO | None = None) -> int
         if ns.action == "catalog":
             return _catalog(ns, out)
         return _report(ns, out)
-    except (MediaError, job.SelectionError, RemoteBackupError, ConfigError, StoreError, EseError,
+    except (MediaError, job.SelectionError, job.BackupFailed, RemoteBackupError, ConfigError, StoreError, EseError,
             DirectoryError) as e:
         print(f"mailkeep backup {ns.action}: {e}", file=sys.stderr)
         return 1
