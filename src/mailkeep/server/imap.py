@@ -12,23 +12,31 @@ Invariants:
   session's own expunges and moves and, at NOOP/CHECK, by other sessions' changes
   (``* n EXPUNGE``, ``* n EXISTS``); FETCH, STORE and SEARCH never renumber.
 - ``BODY[...]`` without ``.PEEK`` sets ``\\Seen`` (not in a read-only selection).
-- Not yet (answered ``BAD`` with the reason): BODYSTRUCTURE, BODY (the structure), FULL,
-  STARTTLS, AUTHENTICATE.
+- Passwords (LOGIN, AUTHENTICATE PLAIN) are taken only when ``plaintext_ok`` (a loopback
+  client) or after STARTTLS; otherwise CAPABILITY says LOGINDISABLED and they get
+  ``NO [PRIVACYREQUIRED]``. STARTTLS answers OK then a :class:`StartTls` marker: the I/O
+  layer upgrades the stream, drops what the client sent ahead, and calls
+  :meth:`ImapSession.tls_started`.
+- BODY, BODYSTRUCTURE and MIME part sections come from one streaming pass over the message
+  (``server/imap_mime.py``), kept for the last ``STRUCTURE_CACHE`` messages; a section is then
+  streamed from the store as a byte range. A part number that names no part gives an empty
+  string, as Dovecot does.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import email.utils
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailkeep.server import sasl
+from mailkeep.server.imap_mime import Part, body, bodystructure, envelope, locate, quote, scan
 from mailkeep.server.imap_parse import Command, ParseError, parse, sequence_set, text
 from mailkeep.store.errors import StoreError
+from mailkeep.store.fti import FolderSearch
 from mailkeep.store.mailbox import Mailbox, MessageInfo
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -42,16 +50,27 @@ class Idle:
     tag: str
 
 
-Reply = bytes | Iterator[bytes] | Idle
+@dataclass(frozen=True)
+class StartTls:
+    """RFC 3501 §6.2.1: after ``tag OK``, the I/O layer starts TLS on the connection, discards
+    anything the client sent before the handshake, and calls :meth:`ImapSession.tls_started`."""
+
+    tag: str
+
+
+@dataclass(frozen=True)
+class Continue:
+    """AUTHENTICATE sent ``+``: the I/O layer reads the client's next line as it is (no
+    literals) and passes it to :meth:`ImapSession.authenticate_response`."""
+
+    tag: str
+
+
+Reply = bytes | Iterator[bytes] | Idle | StartTls | Continue
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-UNSUPPORTED_FETCH = ("BODYSTRUCTURE", "BODY", "FULL")
-
-
-def quote(s: str) -> bytes:
-    b = s.encode("utf-8")
-    if b"\r" in b or b"\n" in b or b'"' in b and b"\\" in b:
-        return b"{%d}\r\n" % len(b) + b
-    return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+STRUCTURE_CACHE = 32  # messages whose MIME structure a session keeps ...
+STRUCTURE_CACHE_PARTS = 20_000  # ... and how many parts they may have in all
+_PART_SECTION = re.compile(r"((?:[1-9]\d*\.)*[1-9]\d*)(?:\.(MIME|HEADER|TEXT|HEADER\.FIELDS(?:\.NOT)? \(.*\)))?")
 
 
 def internal_date(t: float) -> str:
@@ -105,14 +124,22 @@ class ImapSession:
     selected: str | None = None
     readonly: bool = False
     uids: list[int] = field(default_factory=list)
+    structures: OrderedDict[tuple[str, int, int, float], Part] = field(default_factory=OrderedDict)
     closed: bool = False
     bad: int = 0
+    tls_available: bool = False
+    tls: bool = False
 
     def greeting(self) -> bytes:
         return f"* OK [CAPABILITY {self._caps()}] {self.server_name} IMAP4rev1 ready".encode() + CRLF
 
     def _caps(self) -> str:
-        return CAPS + ("" if self.plaintext_ok else " LOGINDISABLED")
+        caps = CAPS
+        if self.state == "NOT_AUTH":
+            if self.tls_available and not self.tls:
+                caps += " STARTTLS"
+            caps += " AUTH=PLAIN SASL-IR" if self.plaintext_ok else " LOGINDISABLED"
+        return caps
 
     def handle(self, data: bytes) -> list[Reply]:
         try:
@@ -167,21 +194,62 @@ class ImapSession:
         if len(c.args) != 2:
             raise Bad("LOGIN needs a user name and a password")
         if not self.plaintext_ok:
-            raise No("[PRIVACYREQUIRED] plain-text login is allowed only from loopback until STARTTLS exists")
-        mb = self.login(text(c.args[0]), text(c.args[1]))
+            raise No(PRIVACY_REQUIRED)
+        return [*self._log_in(c.tag, text(c.args[0]), text(c.args[1]), "LOGIN")]
+
+    def _log_in(self, tag: str, user: str, password: str, verb: str) -> list[bytes]:
+        mb = self.login(user, password)
         if mb is None:
             self.bad += 1
-            return [f"{c.tag} NO [AUTHENTICATIONFAILED] invalid user name or password".encode() + CRLF]
+            return [f"{tag} NO [AUTHENTICATIONFAILED] invalid user name or password".encode() + CRLF]
         self.mb = mb
         self.state = "AUTH"
-        return [_ok(c, f"[CAPABILITY {self._caps()}] LOGIN completed")]
+        return [f"{tag} OK [CAPABILITY {self._caps()}] {verb} completed".encode() + CRLF]
 
-
+    @states("NOT_AUTH")
     def c_authenticate(self, c: Command) -> list[Reply]:
-        raise No("AUTHENTICATE is not supported yet; use LOGIN")
+        """RFC 3501 §6.2.2 with SASL-IR (RFC 4959); PLAIN (RFC 4616) is the one mechanism."""
+        if len(c.args) not in (1, 2):
+            raise Bad("AUTHENTICATE needs a mechanism name and at most an initial response")
+        if text(c.args[0]).upper() != "PLAIN":
+            raise No("unsupported authentication mechanism; this server offers PLAIN")
+        if not self.plaintext_ok:
+            raise No(PRIVACY_REQUIRED)
+        if len(c.args) == 2:
+            return [*self._sasl_plain(c.tag, text(c.args[1]).encode())]
+        return [b"+ " + CRLF, Continue(c.tag)]
 
+    def authenticate_response(self, tag: str, line: bytes) -> list[bytes]:
+        """The client's line after ``+``: base64 of the PLAIN message, or ``*`` to cancel."""
+        return self._sasl_plain(tag, line.rstrip(b"\r\n"))
+
+    def _sasl_plain(self, tag: str, response: bytes) -> list[bytes]:
+        try:
+            message = sasl.decode_response(response)
+            if isinstance(message, sasl.Cancel):
+                return [f"{tag} BAD AUTHENTICATE cancelled".encode() + CRLF]
+            user, password = sasl.plain(message)
+        except sasl.Malformed as e:
+            return [f"{tag} BAD {e}".encode() + CRLF]
+        except sasl.NotAuthorized as e:
+            self.bad += 1
+            return [f"{tag} NO [AUTHORIZATIONFAILED] {e}".encode() + CRLF]
+        return self._log_in(tag, user, password, "AUTHENTICATE")
+
+    @states("NOT_AUTH")
     def c_starttls(self, c: Command) -> list[Reply]:
-        raise Bad("STARTTLS is not supported yet")
+        if c.args:
+            raise Bad("STARTTLS takes no arguments")
+        if self.tls:
+            raise Bad("TLS is already active")
+        if not self.tls_available:
+            raise No("STARTTLS is not available on this server")
+        return [_ok(c, "Begin TLS negotiation now"), StartTls(c.tag)]
+
+    def tls_started(self) -> None:
+        """TLS is on: passwords may come now, from any address (and capabilities change)."""
+        self.tls = True
+        self.plaintext_ok = True
 
     # -- authenticated ----------------------------------------------------------------------------
     def _mb(self) -> Mailbox:
@@ -399,10 +467,14 @@ class ImapSession:
         if args and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             args = args[2:]
         msgs = self._messages()
+        assert self.mb is not None and self.selected is not None
+        # TEXT/BODY: the full-text index answers when it can, else each message is read
+        # once (streamed); the answer is the same either way (docs/fti.md)
+        ts = FolderSearch(self.mb, self.selected, _text_terms(args))
         hits = []
         for n, uid in enumerate(self.uids, 1):
             m = msgs.get(uid)
-            if m is not None and self._matches(args, n, m):
+            if m is not None and self._matches(args, n, m, ts):
                 hits.append(uid if by_uid else n)
         line = f"* SEARCH{''.join(f' {h}' for h in hits)}".encode() + CRLF
         return [*self._new_only(), line, _ok(c, "SEARCH completed")]
@@ -411,58 +483,60 @@ class ImapSession:
     def c_uid_search(self, c: Command) -> list[Reply]:
         return self.c_search(c, by_uid=True)
 
-    def _matches(self, keys: list[object], n: int, m: MessageInfo) -> bool:
+    def _matches(self, keys: list[object], n: int, m: MessageInfo, ts: FolderSearch) -> bool:
         i = 0
         while i < len(keys):
-            k = keys[i]
-            if isinstance(k, list):
-                if not self._matches(k, n, m):
-                    return False
-                i += 1
-                continue
-            key = text(k).upper()
-            flag = {"SEEN": "\\Seen", "DELETED": "\\Deleted", "FLAGGED": "\\Flagged", "ANSWERED": "\\Answered",
-                    "DRAFT": "\\Draft"}
-            if key == "ALL":
-                ok = True
-            elif key in flag:
-                ok = flag[key] in m.flags
-            elif key.startswith("UN") and key[2:] in flag:
-                ok = flag[key[2:]] not in m.flags
-            elif key in ("NEW", "RECENT", "OLD"):
-                ok = key == "OLD" or (key == "NEW" and "\\Seen" not in m.flags and False)
-            elif key == "NOT":
-                i += 1
-                ok = not self._matches([keys[i]], n, m)
-            elif key == "OR":
-                ok = self._matches([keys[i + 1]], n, m) or self._matches([keys[i + 2]], n, m)
-                i += 2
-            elif key == "UID":
-                i += 1
-                ok = m.uid in {u for _, u in self._targets(text(keys[i]), True)}
-            elif key in ("SUBJECT", "FROM"):
-                i += 1
-                hay = m.subject if key == "SUBJECT" else m.sender
-                ok = text(keys[i]).lower() in hay.lower()
-            elif key == "HEADER":
-                name, want = text(keys[i + 1]).lower(), text(keys[i + 2]).lower()
-                i += 2
-                ok = want in self._header(m.uid, name).lower()
-            elif key in ("TEXT", "BODY"):  # BODY: the text after the header only (RFC 3501 6.4.4)
-                i += 1
-                raw = self._raw(m.uid)
-                if key == "BODY":
-                    end = raw.find(b"\r\n\r\n")
-                    raw = raw[end + 4:] if end >= 0 else b""
-                ok = text(keys[i]).lower().encode() in raw.lower()
-            elif re.fullmatch(r"[\d:,*]+", key):
-                ok = n in {s for s, _ in self._targets(key, False)}
-            else:
-                raise Bad(f"unsupported SEARCH key {key}")
+            ok, i = self._key(keys, i, n, m, ts)
             if not ok:
                 return False
-            i += 1
         return True
+
+    def _key(self, keys: list[object], i: int, n: int, m: MessageInfo, ts: FolderSearch) -> tuple[bool, int]:
+        """The search key at ``keys[i]`` with its arguments (NOT and OR take whole keys,
+        arguments included): (whether ``m`` matches, the index after it)."""
+        k = keys[i]
+        if isinstance(k, list):
+            return self._matches(k, n, m, ts), i + 1
+        key = text(k).upper()
+
+        def arg(j: int) -> str:
+            if i + j >= len(keys):
+                raise Bad(f"SEARCH {key} needs {'an argument' if j == 1 else f'{j} arguments'}")
+            return text(keys[i + j])
+
+        flag = {"SEEN": "\\Seen", "DELETED": "\\Deleted", "FLAGGED": "\\Flagged", "ANSWERED": "\\Answered",
+                "DRAFT": "\\Draft"}
+        if key == "ALL":
+            return True, i + 1
+        if key in flag:
+            return flag[key] in m.flags, i + 1
+        if key.startswith("UN") and key[2:] in flag:
+            return flag[key[2:]] not in m.flags, i + 1
+        if key in ("NEW", "RECENT", "OLD"):
+            return key == "OLD", i + 1  # \Recent is always 0 here, so NEW and RECENT match nothing
+        if key in ("NOT", "OR"):
+            if i + 1 >= len(keys):
+                raise Bad(f"SEARCH {key} needs a search key")
+            first, j = self._key(keys, i + 1, n, m, ts)
+            if key == "NOT":
+                return not first, j
+            if j >= len(keys):
+                raise Bad("SEARCH OR needs two search keys")
+            second, j = self._key(keys, j, n, m, ts)
+            return first or second, j
+        if key == "UID":
+            return m.uid in {u for _, u in self._targets(arg(1), True)}, i + 2
+        if key in ("SUBJECT", "FROM"):
+            hay = m.subject if key == "SUBJECT" else m.sender
+            return arg(1).lower() in hay.lower(), i + 2
+        if key == "HEADER":
+            name, want = arg(1).lower(), arg(2).lower()
+            return want in self._header(m.uid, name).lower(), i + 3
+        if key in ("TEXT", "BODY"):  # BODY: the text after the header only (RFC 3501 6.4.4)
+            return ts.matches(m.uid, key, arg(1)), i + 2
+        if re.fullmatch(r"[\d:,*]+", key):
+            return n in {s for s, _ in self._targets(key, False)}, i + 1
+        raise Bad(f"unsupported SEARCH key {key}")
 
     def _raw(self, uid: int) -> bytes:
         assert self.mb is not None and self.selected is not None
@@ -493,11 +567,11 @@ class ImapSession:
             raise Bad("FETCH needs a sequence set and items")
         items = c.args[1] if isinstance(c.args[1], list) else [c.args[1]]
         names = [text(x) for x in items]
-        if len(names) == 1 and names[0].upper() in ("FAST", "ALL"):
-            names = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"] + (["ENVELOPE"] if names[0].upper() == "ALL" else [])
-        for nm in names:
-            if nm.upper() in UNSUPPORTED_FETCH:
-                raise Bad(f"FETCH {nm.upper()} is not supported yet")
+        macros = {"FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+                  "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+                  "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
+        if len(names) == 1 and names[0].upper() in macros:
+            names = macros[names[0].upper()]
         if by_uid and not any(nm.upper() == "UID" for nm in names):
             names = ["UID", *names]
         out: list[Reply] = [*self._new_only()]
@@ -532,6 +606,10 @@ class ImapSession:
                 section = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[up]
                 seen |= up != "RFC822.HEADER"
                 segs.append((up, *self._section(m, section, None)))
+            elif up == "BODYSTRUCTURE":
+                segs.append(b"BODYSTRUCTURE " + bodystructure(self._structure(m)))
+            elif up == "BODY":
+                segs.append(b"BODY " + body(self._structure(m)))
             elif up.startswith(("BODY[", "BODY.PEEK[")):
                 mt = re.fullmatch(r"BODY(\.PEEK)?\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", nm, re.I)
                 if not mt:
@@ -562,26 +640,73 @@ class ImapSession:
         self, m: MessageInfo, section: str, partial: tuple[int, int] | None,
     ) -> tuple[int, Callable[[], Iterator[bytes]]]:
         """(length, a stream of the bytes) of a body section: '', HEADER, TEXT,
-        HEADER.FIELDS (...), HEADER.FIELDS.NOT (...)."""
+        HEADER.FIELDS (...), HEADER.FIELDS.NOT (...), or a part's (``1.2``, ``2.MIME``, ...)."""
         sec = section.upper()
+        mp = _PART_SECTION.fullmatch(sec)
+        if mp:
+            return self._part_section(m, [int(x) for x in mp.group(1).split(".")], mp.group(2) or "", partial)
         if sec in ("", "TEXT"):
             skip = len(self._head(m.uid)) if sec == "TEXT" else 0
-            start, length = skip, m.size - skip
-            if partial:
-                start, length = start + min(partial[0], length), max(0, min(partial[1], length - partial[0]))
-            return length, lambda: self._range(m.uid, start, length)
+            return self._window(m.uid, skip, m.size - skip, partial)
         if sec == "HEADER" or sec.startswith("HEADER.FIELDS"):
-            data = self._head(m.uid)
-            if sec.startswith("HEADER.FIELDS"):
-                mf = re.fullmatch(r"HEADER\.FIELDS(\.NOT)? \(([^)]*)\)", sec)
-                if not mf:
-                    raise Bad(f"bad section {section}")
-                wanted = {x.strip('"').lower() for x in mf.group(2).split()}
-                data = _header_fields(data, wanted, bool(mf.group(1)))
+            data = _select_fields(self._head(m.uid), sec)
             if partial:
                 data = data[partial[0]:partial[0] + partial[1]]
             return len(data), lambda: iter([data])
-        raise Bad(f"section {section} is not supported yet (MIME parts arrive with BODYSTRUCTURE)")
+        raise Bad(f"bad section {section}: expected HEADER, TEXT, HEADER.FIELDS (...), a part number "
+                  "such as 1.2, or a part number then .MIME, .HEADER, .TEXT or .HEADER.FIELDS (...)")
+
+    def _part_section(
+        self, m: MessageInfo, numbers: list[int], spec: str, partial: tuple[int, int] | None,
+    ) -> tuple[int, Callable[[], Iterator[bytes]]]:
+        """A MIME part's body, its MIME header, or (a message/rfc822 part only) the HEADER,
+        TEXT or HEADER.FIELDS of the message it holds; an empty string when there is no such
+        part (another message of the same FETCH may have it)."""
+        part = locate(self._structure(m), numbers)
+        start = size = 0
+        if part is not None and spec == "":
+            start, size = part.body_offset, part.body_size
+        elif part is not None and spec == "MIME":
+            start, size = part.header_offset, part.header_size
+        elif part is not None and part.message is not None:
+            inner = part.message
+            start, size = (inner.body_offset, inner.body_size) if spec == "TEXT" else (
+                inner.header_offset, inner.header_size)
+            if spec.startswith("HEADER.FIELDS"):  # a part's header is at most imap_mime.MAX_HEADER octets
+                data = _select_fields(b"".join(self._range(m.uid, start, size)), spec)
+                if partial:
+                    data = data[partial[0]:partial[0] + partial[1]]
+                return len(data), lambda: iter([data])
+        return self._window(m.uid, start, size, partial)
+
+    def _window(
+        self, uid: int, start: int, size: int, partial: tuple[int, int] | None,
+    ) -> tuple[int, Callable[[], Iterator[bytes]]]:
+        """The octets [start, start + size) of the message, or the ``<offset.count>`` of them asked for."""
+        if partial:
+            skip = min(partial[0], size)
+            start, size = start + skip, max(0, min(partial[1], size - skip))
+        if size == 0:
+            return 0, lambda: iter(())
+        return size, lambda: self._range(uid, start, size)
+
+    def _structure(self, m: MessageInfo) -> Part:
+        """The message's MIME tree: one streaming pass over its content, kept for the last
+        ``STRUCTURE_CACHE`` messages with at most ``STRUCTURE_CACHE_PARTS`` parts in all (a stored
+        message never changes; size and date in the key tell a re-created folder's UID apart)."""
+        assert self.mb is not None and self.selected is not None
+        key = (self.selected, m.uid, m.size, m.internal_date)
+        root = self.structures.get(key)
+        if root is not None:
+            self.structures.move_to_end(key)
+            return root
+        with self.mb.fetch(self.selected, m.uid) as r:
+            root = scan(iter(lambda: r.read(64 * 1024), b""))
+        self.structures[key] = root
+        while len(self.structures) > 1 and (len(self.structures) > STRUCTURE_CACHE or sum(
+                t.tree_parts for t in self.structures.values()) > STRUCTURE_CACHE_PARTS):
+            self.structures.popitem(last=False)
+        return root
 
     def _range(self, uid: int, start: int, length: int) -> Iterator[bytes]:
         assert self.mb is not None and self.selected is not None
@@ -674,40 +799,26 @@ class ImapSession:
 
 
 
-def nstring(value: str | None) -> bytes:
-    return b"NIL" if value is None else quote(value)
+PRIVACY_REQUIRED = "[PRIVACYREQUIRED] passwords are accepted from this address only over TLS: send STARTTLS first"
 
 
-def envelope(head: bytes) -> bytes:
-    """RFC 3501 §7.4.2, from the header as it is (encoded words are left to the client):
-    date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to, message-id. Sender and
-    reply-to default to from."""
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-
-    def field(name: str) -> str | None:
-        v = msg.get(name)
-        return None if v is None else re.sub(r"\r?\n[ \t]", " ", str(v)).strip()
-
-    def addresses(name: str) -> bytes:
-        raw = msg.get_all(name)
-        if not raw:
-            return b"NIL"
-        out = []
-        for disp, addr in email.utils.getaddresses([re.sub(r"\r?\n[ \t]", " ", str(v)) for v in raw]):
-            if not addr and not disp:
-                continue
-            local, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-            out.append(b"(" + b" ".join([nstring(disp or None), b"NIL", nstring(local or None),
-                                          nstring(host or None)]) + b")")
-        return b"(" + b"".join(out) + b")" if out else b"NIL"
-
-    frm = addresses("From")
-    parts = [nstring(field("Date")), nstring(field("Subject")), frm,
-             addresses("Sender") if msg.get("Sender") else frm,
-             addresses("Reply-To") if msg.get("Reply-To") else frm,
-             addresses("To"), addresses("Cc"), addresses("Bcc"),
-             nstring(field("In-Reply-To")), nstring(field("Message-ID"))]
-    return b"(" + b" ".join(parts) + b")"
+def _text_terms(keys: list[object]) -> list[tuple[str, str]]:
+    """Every TEXT/BODY key's (key, string) in a SEARCH program, nested lists included, so
+    a message is read once for all of them. A string that merely looks like the key (an
+    argument of another key) adds a term looked for in vain, never a wrong answer."""
+    out: list[tuple[str, str]] = []
+    flat: list[object] = []
+    todo = list(keys)
+    while todo:
+        k = todo.pop(0)
+        if isinstance(k, list):
+            todo[:0] = k
+        else:
+            flat.append(k)
+    for j, k in enumerate(flat[:-1]):
+        if isinstance(k, str | bytes) and text(k).upper() in ("TEXT", "BODY") and isinstance(flat[j + 1], str | bytes):
+            out.append((text(k).upper(), text(flat[j + 1])))
+    return out
 
 
 def _ok(c: Command, what: str) -> bytes:
@@ -719,6 +830,16 @@ def _glob(pattern: str) -> Any:
     for ch in pattern:
         out += ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch)
     return re.compile(out, re.I)
+
+
+def _select_fields(head: bytes, spec: str) -> bytes:
+    """HEADER (all of ``head``), or HEADER.FIELDS (...) / HEADER.FIELDS.NOT (...) of it."""
+    if not spec.startswith("HEADER.FIELDS"):
+        return head
+    mf = re.fullmatch(r"HEADER\.FIELDS(\.NOT)? \(([^)]*)\)", spec)
+    if not mf:
+        raise Bad(f"bad section {spec}: expected HEADER.FIELDS (NAME ...) or HEADER.FIELDS.NOT (NAME ...)")
+    return _header_fields(head, {x.strip('"').lower() for x in mf.group(2).split()}, bool(mf.group(1)))
 
 
 def _header_fields(head: bytes, wanted: set[str], negate: bool) -> bytes:

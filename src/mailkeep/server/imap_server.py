@@ -5,17 +5,29 @@ replies, streaming message contents chunk by chunk.
 Invariants: a line is at most ``MAX_LINE`` octets and a literal at most ``MAX_LITERAL``
 (refused with ``NO`` before the client sends it; a non-synchronizing one that is too large
 ends the connection); an idle connection is closed after ``IDLE_TIMEOUT`` (RFC 3501's 30
-minutes); store calls never run on the event loop; passwords are never logged.
+minutes), a command line slower than ``Limits.command_timeout`` or a literal trickling in
+below ``Limits.min_rate`` ends it with ``* BYE``; store calls never run on the event loop;
+passwords are never logged. After STARTTLS, what the client sent ahead is discarded unread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 
-from mailkeep.server.imap import Idle, ImapSession
+from mailkeep.server.imap import Continue, Idle, ImapSession, StartTls
 from mailkeep.server.imap_parse import literal_size
-from mailkeep.server.tcp import ThreadedServer, is_loopback
+from mailkeep.server.tcp import (
+    Limits,
+    ThreadedServer,
+    TooSlow,
+    is_loopback,
+    peer_address,
+    read_exactly,
+    read_line,
+    start_tls,
+)
 from mailkeep.store.errors import StoreError
 from mailkeep.store.mailbox import Mailbox, open_mailbox
 from mailkeep.store.store import Store
@@ -30,9 +42,27 @@ IDLE_POLL = 2.0  # seconds between looks at the selected folder while a client i
 class ImapServer(ThreadedServer):
     line_limit = MAX_LINE
 
-    def __init__(self, store: Store, host: str, port: int) -> None:
-        super().__init__(host, port)
+    def __init__(self, store: Store, host: str, port: int, *, limits: Limits | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, port, limits=limits, tls=tls)
         self.store = store
+
+    def refusal(self, why: str) -> bytes:
+        return f"* BYE {why}".encode() + b"\r\n"
+
+    async def _line(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """One line, or None (after a BYE saying why, where there is one) when the connection should end."""
+        try:
+            return await read_line(reader, idle=IDLE_TIMEOUT, command_timeout=self.limits.command_timeout)
+        except asyncio.LimitOverrunError:
+            writer.write(b"* BYE line too long\r\n")
+        except TooSlow as e:
+            writer.write(f"* BYE {e}".encode() + b"\r\n")
+        except TimeoutError:
+            writer.write(b"* BYE idle for too long; logging out\r\n")
+        except asyncio.IncompleteReadError:
+            pass
+        return None
 
     def _login(self, user: str, password: str) -> Mailbox | None:
         entry = self.store.directory.authenticate(user, password)
@@ -49,12 +79,8 @@ class ImapServer(ThreadedServer):
         """One command with its literals, or None when the connection should end."""
         buf = b""
         while True:
-            try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT)
-            except asyncio.LimitOverrunError:
-                writer.write(b"* BYE line too long\r\n")
-                return None
-            except (TimeoutError, asyncio.IncompleteReadError):
+            line = await self._line(reader, writer)
+            if line is None:
                 return None
             buf += line
             n = literal_size(line)
@@ -71,7 +97,11 @@ class ImapServer(ThreadedServer):
             if not line.rstrip().endswith(b"+}"):
                 writer.write(b"+ Ready for literal data\r\n")
                 await writer.drain()
-            buf += await reader.readexactly(n)
+            try:
+                buf += await read_exactly(reader, n, self.limits)
+            except TooSlow as e:
+                writer.write(f"* BYE {e}".encode() + b"\r\n")
+                return None
 
     async def _write(self, reply: bytes | Iterator[bytes], writer: asyncio.StreamWriter) -> None:
         if isinstance(reply, bytes):
@@ -113,8 +143,8 @@ class ImapServer(ThreadedServer):
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        peer = str((writer.get_extra_info("peername") or ("?",))[0])
-        session = ImapSession(self._login, plaintext_ok=is_loopback(peer), server_name=self.store.server.name)
+        session = ImapSession(self._login, plaintext_ok=is_loopback(peer_address(writer)),
+                              server_name=self.store.server.name, tls_available=self.tls is not None)
         try:
             writer.write(session.greeting())
             await writer.drain()
@@ -129,6 +159,19 @@ class ImapServer(ThreadedServer):
                     if isinstance(reply, Idle):
                         if not await self._idle(session, reply, reader, writer):
                             return
+                        continue
+                    if isinstance(reply, StartTls):
+                        assert self.tls is not None
+                        await start_tls(reader, writer, self.tls, self.limits.command_timeout)
+                        session.tls_started()
+                        continue
+                    if isinstance(reply, Continue):
+                        await writer.drain()
+                        line = await self._line(reader, writer)
+                        if line is None:
+                            return
+                        for r in await loop.run_in_executor(None, session.authenticate_response, reply.tag, line):
+                            await self._write(r, writer)
                         continue
                     await self._write(reply, writer)
                 await writer.drain()

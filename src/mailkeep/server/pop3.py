@@ -1,4 +1,5 @@
-"""POP3 (RFC 1939, with CAPA, UIDL and TOP; RFC 2449) as a session that does no I/O.
+"""POP3 (RFC 1939, with CAPA, UIDL and TOP; RFC 2449; STLS, RFC 2595; AUTH PLAIN, RFC 5034)
+as a session that does no I/O.
 
 :class:`Pop3Session` is fed one command line at a time and returns what to send: lines, or
 a generator of content chunks for RETR/TOP (so a message is streamed, never held whole).
@@ -13,6 +14,10 @@ Invariants:
   the session ends.
 - Message numbers and sizes are fixed at logon (the RFC's snapshot); UIDL is
   ``UIDVALIDITY.UID``, stable across sessions.
+- Passwords (PASS, AUTH PLAIN) are taken only when ``plaintext_ok`` (a loopback client) or
+  after STLS; CAPA offers USER and SASL PLAIN only then, and STLS until TLS is on. STLS
+  answers ``+OK`` then a :class:`StartTls` marker: the I/O layer upgrades the stream, drops
+  what the client sent ahead, and calls :meth:`Pop3Session.tls_started`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from mailkeep.server import sasl
 
 MAX_LINE = 512  # RFC 2449: commands up to 255 octets; be generous, never unbounded
 MAX_BAD = 10
@@ -53,7 +60,12 @@ class InUse(Exception):
     pass
 
 
-Reply = bytes | Iterator[bytes]
+@dataclass(frozen=True)
+class StartTls:
+    """After ``+OK`` to STLS: the I/O layer starts TLS on the connection now."""
+
+
+Reply = bytes | Iterator[bytes] | StartTls
 
 
 @dataclass
@@ -67,6 +79,10 @@ class Pop3Session:
     deleted: set[int] = field(default_factory=set)  # message numbers
     bad: int = 0
     closed: bool = False
+    plaintext_ok: bool = True  # passwords may be sent in the clear (a loopback client)
+    tls_available: bool = False
+    tls: bool = False
+    sasl_pending: bool = False  # AUTH PLAIN sent "+ ": the next line is the client's response
 
     def greeting(self) -> bytes:
         return f"+OK {self.server_name} POP3 server ready".encode() + CRLF
@@ -74,13 +90,18 @@ class Pop3Session:
     def handle(self, line: bytes) -> list[Reply]:
         """One command line (with or without its CRLF) -> what to send."""
         if len(line) > MAX_LINE:
+            self.sasl_pending = False
             return self._bad("line too long")
+        if self.sasl_pending:
+            self.sasl_pending = False
+            return self._sasl_response(line.rstrip(b"\r\n"))
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
         cmd, _, arg = text.partition(" ")
         cmd = cmd.upper()
         handler = getattr(self, f"_{self.state.lower()}_{cmd.lower()}", None) if cmd.isalpha() else None
         if handler is None:
-            if cmd in ("QUIT", "CAPA", "NOOP") or hasattr(self, f"_transaction_{cmd.lower()}"):
+            known = ("QUIT", "CAPA", "NOOP", "USER", "PASS", "AUTH", "STLS")
+            if cmd in known or hasattr(self, f"_transaction_{cmd.lower()}"):
                 return self._bad(f"{cmd} is not valid in the {self.state} state")
             return self._bad("unknown command")
         out: list[Reply] = handler(arg)
@@ -101,7 +122,26 @@ class Pop3Session:
 
     # -- AUTHORIZATION ----------------------------------------------------------------------
     def _authorization_capa(self, arg: str) -> list[Reply]:
-        return [b"+OK capability list follows" + CRLF, b"USER\r\nUIDL\r\nTOP\r\nRESP-CODES\r\n.\r\n"]
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE"]
+        if self.state == "AUTHORIZATION":
+            if self.tls_available and not self.tls:
+                caps.append("STLS")
+            if self.plaintext_ok:
+                caps += ["USER", "SASL PLAIN"]
+        return [b"+OK capability list follows" + CRLF, "".join(f"{c}\r\n" for c in caps).encode() + b".\r\n"]
+
+    def _authorization_stls(self, arg: str) -> list[Reply]:
+        if self.tls:
+            return self._bad("TLS is already active")
+        if not self.tls_available:
+            return self._bad("STLS is not available on this server")
+        return [b"+OK Begin TLS negotiation" + CRLF, StartTls()]
+
+    def tls_started(self) -> None:
+        """TLS is on (RFC 2595 §4: start again from a fresh AUTHORIZATION state)."""
+        self.tls = True
+        self.plaintext_ok = True
+        self.user = None
 
     def _transaction_capa(self, arg: str) -> list[Reply]:
         return self._authorization_capa(arg)
@@ -116,8 +156,37 @@ class Pop3Session:
         if self.user is None:
             return self._bad("send USER first")
         user, self.user = self.user, None
+        if not self.plaintext_ok:
+            return [NEED_TLS]
+        return self._logon(user, arg)
+
+    def _authorization_auth(self, arg: str) -> list[Reply]:
+        mechanism, _, initial = arg.strip().partition(" ")
+        if mechanism.upper() != "PLAIN":
+            return self._bad("unsupported authentication mechanism; this server offers PLAIN")
+        if not self.plaintext_ok:
+            return [NEED_TLS]
+        if not initial:
+            self.sasl_pending = True
+            return [b"+ " + CRLF]
+        return self._sasl_response(initial.encode())
+
+    def _sasl_response(self, response: bytes) -> list[Reply]:
         try:
-            drop = self.authenticate(user, arg)
+            message = sasl.decode_response(response)
+            if isinstance(message, sasl.Cancel):
+                return [b"-ERR authentication cancelled" + CRLF]
+            user, password = sasl.plain(message)
+        except sasl.Malformed as e:
+            return self._bad(str(e))
+        except sasl.NotAuthorized as e:
+            self.bad += 1
+            return [f"-ERR [AUTH] {e}".encode() + CRLF]
+        return self._logon(user, password)
+
+    def _logon(self, user: str, password: str) -> list[Reply]:
+        try:
+            drop = self.authenticate(user, password)
         except InUse:
             return [b"-ERR [IN-USE] the maildrop is in use by another session" + CRLF]
         if drop is None:
@@ -208,6 +277,9 @@ class Pop3Session:
     def connection_lost(self) -> None:
         """No UPDATE state: nothing marked is deleted."""
         self._release()
+
+
+NEED_TLS = b"-ERR [AUTH] passwords are accepted from this address only over TLS: send STLS first" + CRLF
 
 
 def dot_stuffed(chunks: Iterator[bytes], top_lines: int | None) -> Iterator[bytes]:
