@@ -28,7 +28,7 @@ from mailkeep.store.store import Store
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str = "string"  # JSON schema type: string, boolean, integer, number
+    type: str = "string"  # JSON schema type: string, boolean, integer, number, array (of strings)
     required: bool = False
     doc: str = ""
     enum: tuple[str, ...] = ()
@@ -124,6 +124,12 @@ def _coerce(p: Param, value: Any) -> Any:
             return int(value) if p.type == "integer" else float(value)
         except (TypeError, ValueError):
             raise BadRequest(f"{p.name} must be a number, not {value!r}") from None
+    if p.type == "array":
+        if isinstance(value, str):  # a query parameter: comma-separated
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{p.name} must be a list of strings, not {value!r}")
+        return value
     if not isinstance(value, str):
         raise BadRequest(f"{p.name} must be a string, not {value!r}")
     if p.enum and value not in p.enum:
@@ -151,6 +157,6 @@ def invoke(ctx: Context, name: str, args: Mapping[str, Any]) -> Any:
 
 def load() -> dict[str, Operation]:
     """The registry with every operation module imported."""
-    from mailkeep.admin import fti_ops, ops  # noqa: F401 - registers on import
+    from mailkeep.admin import backup_ops, fti_ops, ops  # noqa: F401 - registers on import
 
     return REGISTRY

@@ -18,10 +18,12 @@ import sys
 import time
 from typing import Any, TextIO
 
+from mailkeep.admin.registry import BadRequest
+from mailkeep.admin.roles import AccessDenied
 from mailkeep.backup import catalog, job, report
 from mailkeep.backup.media import MediaError, MediaReader, verify
 from mailkeep.backup.stream import RemoteBackupError, remote_source
-from mailkeep.cli.target import TOKEN, running_server
+from mailkeep.cli.target import TOKEN, RemoteError, running_server, target
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
 from mailkeep.store.errors import StoreError
@@ -59,6 +61,24 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--media", required=True, metavar="FILE")
     c.add_argument("--set", type=int)
     c.add_argument("--json", action="store_true")
+    sc = bs.add_parser("schedule", help="scheduled backup jobs: list, add, remove, run")
+    ss = sc.add_subparsers(dest="schedule_action", required=True, metavar="ACTION")
+    ss.add_parser("list").add_argument("--json", action="store_true")
+    a = ss.add_parser("add")
+    a.add_argument("name")
+    a.add_argument("selection", nargs="+", metavar="SELECTION")
+    a.add_argument("--media", required=True, metavar="FILE", help="absolute path (the server writes it)")
+    a.add_argument("--type", default="normal", choices=KINDS)
+    a.add_argument("--account", help="the account the job runs as (a backup operator); its password from "
+                   "$MAILKEEP_JOB_PASSWORD or a prompt")
+    a.add_argument("--at", metavar="HH:MM")
+    a.add_argument("--days", metavar="mon,tue,...", help="with --at (default every day)")
+    a.add_argument("--every", metavar="INTERVAL", help="instead of --at: 30s, 15m, 6h, 1d")
+    a.add_argument("--description", default="")
+    a.add_argument("--verify", action="store_true")
+    a.add_argument("--compress", action="store_true")
+    for verb in ("remove", "run"):
+        ss.add_parser(verb).add_argument("name")
     p = bs.add_parser("report", help="the backup log (Backup Status / Verify Status sections)")
     p.add_argument("--last", action="store_true", help="only the last run's sections")
 
@@ -72,9 +92,11 @@ def main(ns: argparse.Namespace, *, data: str, out: TextIO | None = None) -> int
             return _verify(ns, out)
         if ns.action == "catalog":
             return _catalog(ns, out)
+        if ns.action == "schedule":
+            return _schedule(ns, data, out)
         return _report(ns, out)
     except (MediaError, job.SelectionError, job.BackupFailed, RemoteBackupError, ConfigError, StoreError, EseError,
-            DirectoryError) as e:
+            DirectoryError, RemoteError, AccessDenied, BadRequest, ValueError) as e:
         print(f"mailkeep backup {ns.action}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -245,6 +267,45 @@ def _catalog(ns: argparse.Namespace, out: TextIO) -> int:
         print(f"{s.number:>4}  {s.kind:<12} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.started)):<22} "
               f"{len(s.entries):>6} {s.bytes:>15,}  {s.status:<10} {s.description}", file=out)
     return 0
+
+
+def _schedule(ns: argparse.Namespace, data: str, out: TextIO) -> int:
+    act = ns.schedule_action
+    t = target(data, getattr(ns, "user", None))
+    try:
+        if act == "list":
+            jobs = t.call("schedule.list", {})
+            if ns.json:
+                print(json.dumps(jobs, indent=2), file=out)
+                return 0
+            print(f"{'Job':<20} {'Type':<13} {'When':<26} {'Account':<14} {'Next run':<17} Last", file=out)
+            for j in jobs:
+                when = f"every {j['every']} s" if j["every"] else f"{j['at']} {','.join(j['days'])}"
+                nxt = time.strftime("%Y-%m-%d %H:%M", time.localtime(j["next_run"]))
+                print(f"{j['name']:<20} {j['kind']:<13} {when:<26} {j['account']:<14} {nxt:<17} "
+                      f"{j['last_status'] or '-'}", file=out)
+            return 0
+        if act == "add":
+            password = None
+            if ns.account:
+                password = os.environ.get("MAILKEEP_JOB_PASSWORD")
+                if password is None and sys.stdin.isatty():
+                    password = getpass.getpass(f"Password for {ns.account} (Set Account Information): ")
+            res = t.call("schedule.add", {
+                "name": ns.name, "selection": ns.selection, "media": os.path.abspath(ns.media), "type": ns.type,
+                "account": ns.account, "password": password, "at": ns.at,
+                "days": ns.days.split(",") if ns.days else None, "every": ns.every,
+                "description": ns.description, "verify": ns.verify, "compress": ns.compress})
+            print(res["message"], file=out)
+            return 0
+        if act == "remove":
+            print(t.call("schedule.remove", {"name": ns.name})["message"], file=out)
+            return 0
+        res = t.call("schedule.run", {"name": ns.name})
+        out.write(res["report"])
+        return 0 if res["ok"] else 1
+    finally:
+        t.close()
 
 
 def _report(ns: argparse.Namespace, out: TextIO) -> int:

@@ -284,6 +284,8 @@ def openapi(ops: dict[str, Operation]) -> dict[str, Any]:
         body: dict[str, Any] = {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
         for p in op.params:
             schema: dict[str, Any] = {"type": p.type}
+            if p.type == "array":
+                schema["items"] = {"type": "string"}
             if p.enum:
                 schema["enum"] = list(p.enum)
             if op.method in ("GET", "DELETE"):

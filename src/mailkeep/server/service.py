@@ -23,10 +23,13 @@ from typing import TextIO
 from aiosmtpd.controller import Controller
 
 from mailkeep.admin import roles
+from mailkeep.server import tls as tls_files
 from mailkeep.server.http import ApiServer
 from mailkeep.server.imap_server import ImapServer
 from mailkeep.server.pop3_server import Pop3Server
-from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, DeliveryHandler
+from mailkeep.server.scheduler import Scheduler
+from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, IDLE_TIMEOUT, DeliveryHandler, SmtpController
+from mailkeep.server.tcp import Limits
 from mailkeep.store.maintenance import Maintenance
 from mailkeep.store.server import Server
 from mailkeep.store.setup import default_server_name, setup_server
@@ -47,6 +50,11 @@ class Options:
     domain: str = DEFAULT_DOMAIN
     size_limit: int = DEFAULT_SIZE_LIMIT
     maintenance_interval: float = 15 * 60.0
+    # hostile-client bounds, per protocol (server/tcp.py, server/smtp.py)
+    max_connections_per_address: int = 20
+    max_connections: int = 500
+    command_timeout: float = 60.0  # a command line's first byte to its end; also the TLS handshake
+    min_data_rate: float = 1024.0  # octets/s a message or literal must average after that grace
 
 
 class Service:
@@ -60,6 +68,7 @@ class Service:
         self.pop3: Pop3Server | None = None
         self.imap: ImapServer | None = None
         self.http: ApiServer | None = None
+        self.scheduler: Scheduler | None = None
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -89,19 +98,27 @@ class Service:
             mounted = store.mount_intended(startup=True)
             self.maintenance = Maintenance(store, interval=self.options.maintenance_interval)
             self.maintenance.start()
+            tls = tls_files.load(self.data, store.server.name)
+            limits = Limits(self.options.max_connections_per_address, self.options.max_connections,
+                            self.options.command_timeout, self.options.min_data_rate)
             handler = DeliveryHandler(store, server_name=store.server.name, domains={store.directory.domain})
-            self.smtp = Controller(handler, hostname=self.options.bind, port=self.options.smtp_port,
-                                   data_size_limit=self.options.size_limit, server_hostname=store.server.name)
+            self.smtp = SmtpController(
+                handler, limits=limits, check_password=lambda u, p: store.directory.authenticate(u, p) is not None,
+                hostname=self.options.bind, port=self.options.smtp_port, data_size_limit=self.options.size_limit,
+                server_hostname=store.server.name, tls_context=tls.context, require_starttls=False,
+                timeout=IDLE_TIMEOUT)
             self.smtp.start()
-            self.pop3 = Pop3Server(store, self.options.bind, self.options.pop3_port)
+            self.pop3 = Pop3Server(store, self.options.bind, self.options.pop3_port, limits=limits, tls=tls.context)
             self.pop3.start()
-            self.imap = ImapServer(store, self.options.bind, self.options.imap_port)
+            self.imap = ImapServer(store, self.options.bind, self.options.imap_port, limits=limits, tls=tls.context)
             self.imap.start()
             roles.ensure_groups(store.directory)
             token = secrets.token_urlsafe(32)
             _write_private(os.path.join(self.data, TOKEN), token)
             self.http = ApiServer(store, self.options.bind, self.options.http_port, token=token)
             self.http.start()
+            self.scheduler = Scheduler(store, self.data)
+            self.scheduler.start()
         except BaseException:
             self.stop()
             raise
@@ -112,6 +129,8 @@ class Service:
         self._say(f"  SMTP  {self.options.bind}:{self.options.smtp_port}  (mail for @{store.directory.domain})")
         self._say(f"  IMAP  {self.options.bind}:{self.options.imap_port}")
         self._say(f"  POP3  {self.options.bind}:{self.options.pop3_port}")
+        made = " (self-signed, generated now)" if tls.generated else ""
+        self._say(f"  TLS   STARTTLS/STLS with {tls.cert_path}{made}, SHA-256 {tls.fingerprint}")
         self._say(f"  HTTP  http://{self.options.bind}:{self.options.http_port}/api/v1/  "
                   "(OpenAPI: /api/v1/openapi.json)")
 
@@ -125,6 +144,9 @@ class Service:
         os.replace(tmp, path)
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         if self.http is not None:
             self.http.stop()
             self.http = None
