@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint pytest bench serve clean system-deps
+.PHONY: test lint pytest bench bench-deps serve clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,15 @@ pytest: $(STAMP) system-deps
 
 test: lint pytest
 
-bench: $(STAMP)
+# The mail benchmark's baseline is Debian's Dovecot (its own instance, started by bench/mail.py).
+bench-deps:
+	@if [ ! -x /usr/sbin/dovecot ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dovecot-imapd dovecot-lmtpd; \
+	  else echo "dovecot is missing: run 'sudo apt-get install dovecot-imapd dovecot-lmtpd' (bench/mail.py needs it)"; fi; \
+	fi
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python bench/run.py
 
 DATA ?= ./mailkeep-data

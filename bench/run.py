@@ -21,6 +21,7 @@ from typing import Any
 import commit
 import delivery
 import directory
+import mail
 import recovery
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,7 +142,7 @@ def fsync_probe(seconds: float = 1.0) -> dict[str, float]:
 
 # -- report --------------------------------------------------------------------------------
 def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[str, Any], r: dict[str, Any],
-                    minutes: float, dl: dict[str, Any], dv: dict[str, Any]) -> str:
+                    minutes: float, dl: dict[str, Any], dv: dict[str, Any], ml: dict[str, Any]) -> str:
     probe = ", ".join(f"median {p['median_us']:.0f} µs / p90 {p['p90_us']:.0f} µs" for p in probes)
     return "\n".join([
         BEGIN,
@@ -171,6 +172,11 @@ def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[s
         f"### Deliveries per second (`deliver()`, durable; one run per cell of up to {delivery.SECONDS:.0f} s)",
         "",
         delivery.markdown(dv),
+        "",
+        f"### Mail service against Dovecot (SMTP / LMTP delivery and IMAP FETCH over loopback, {mail.CLIENTS} "
+        "delivering clients)",
+        "",
+        mail.markdown(ml),
         END,
     ])
 
@@ -198,6 +204,10 @@ def main() -> int:
     if m["filesystem"].startswith("tmpfs"):
         log("bench/out/ is on a tmpfs: fsync would cost nothing there; run from a working tree on a real disk.")
         return 1
+    problem = mail.missing_prerequisites()
+    if problem:
+        log(problem)
+        return 1
     log(f"machine: {m['nproc']} CPUs, {m['disk']}, {m['filesystem']}")
     probes = [fsync_probe()]
     log(f"fsync probe: median {probes[0]['median_us']:.0f} µs")
@@ -209,13 +219,15 @@ def main() -> int:
     dl = directory.measure(log=log)
     log("deliveries (bench/delivery.py)")
     dv = delivery.measure(log=log)
+    log("mail service against Dovecot (bench/mail.py)")
+    ml = mail.measure(log=log)
     probes.append(fsync_probe())
     minutes = (time.perf_counter() - t0) / 60
-    section = results_section(m, probes, c, r, minutes, dl, dv)
+    section = results_section(m, probes, c, r, minutes, dl, dv, ml)
     rewrite_readme(section)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "directory": dl,
-                   "delivery": dv, "minutes": minutes}, f,
+                   "delivery": dv, "mail": ml, "minutes": minutes}, f,
                   indent=1, default=str)
     log(section)
     log(f"bench/README.md rewritten ({minutes:.1f} min)")
