@@ -212,3 +212,30 @@ def test_stale_serve_json_means_offline(tmp_path: Path) -> None:
     (data / "serve.json").write_text(json.dumps({"pid": dead.pid, "bind": "127.0.0.1", "http": free_port()}))
     p = mk(data, "db", "list")
     assert p.returncode == 0 and "Mailbox Store (EX1)" in p.stdout
+
+
+def test_https_api(tmp_path: Path) -> None:
+    """With TLS on the API (automatic when bound off loopback; forced here, tests stay on
+    loopback), the CLI and a remote backup agent verify the server's certificate."""
+    data = tmp_path / "data"
+    assert mk(data, "setup", "--domain", "contoso.com", "--server", "EX1").returncode == 0
+    assert mk(data, "user", "add", "oper", "--password", "oper-pw").returncode == 0
+    assert mk(data, "role", "grant", "oper", "backup-operator").returncode == 0
+    http = free_port()
+    p = start(data, free_port(), "--http", str(http), "--https", "on")
+    try:
+        assert json.loads((data / "serve.json").read_text())["https"] is True
+        r = mk(data, "db", "list", "--json")  # through https, trusting <data>/tls/cert.pem
+        assert r.returncode == 0 and len(json.loads(r.stdout)) == 2
+        cert = str(data / "tls" / "cert.pem")
+        env = {"MAILKEEP_PASSWORD": "oper-pw", "MAILKEEP_STATE_DIR": str(tmp_path / "state")}
+        r = mk(tmp_path / "agent", "--user", "oper", "backup", "run", "--server", f"https://127.0.0.1:{http}",
+               "--cafile", cert, "--media", str(tmp_path / "r.bkf"), "--json", "EX1/Information Store", env=env)
+        assert r.returncode == 0, r.stderr
+        r = mk(tmp_path / "agent", "--user", "oper", "backup", "run", "--server", f"https://127.0.0.1:{http}",
+               "--media", str(tmp_path / "r2.bkf"), "EX1/Information Store", env=env)  # not trusted: refused
+        assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr and "give --cafile" in r.stderr
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/openapi.json", timeout=10)
+    finally:
+        assert stop(p)[0] == 0

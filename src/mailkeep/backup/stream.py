@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import tarfile
 import urllib.error
 import urllib.request
@@ -112,13 +113,13 @@ class RemoteBackupError(Exception):
         super().__init__(message)
 
 
-def remote_source(url: str, auth: str, selection: list[str], kind: str) -> Source:
+def remote_source(url: str, auth: str, selection: list[str], kind: str, *, context: Any = None) -> Source:
     """Ask the server at ``url`` for a backup and yield what it streams."""
     req = urllib.request.Request(url.rstrip("/") + PATH, method="POST",
                                  data=json.dumps({"selection": selection, "type": kind}).encode(),
                                  headers={"Authorization": auth, "Content-Type": "application/json"})
     try:
-        resp = urllib.request.urlopen(req, timeout=3600)
+        resp = urllib.request.urlopen(req, timeout=3600, context=context)
     except urllib.error.HTTPError as e:
         try:
             body: dict[str, Any] = json.load(e)
@@ -127,6 +128,10 @@ def remote_source(url: str, auth: str, selection: list[str], kind: str) -> Sourc
             msg = f"HTTP {e.code} {e.reason}"
         raise RemoteBackupError(e.code, msg) from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            raise RemoteBackupError(0, f"the server at {url} is not trusted ({e.reason}); give --cafile with its "
+                                    "certificate (<data>/tls/cert.pem on the server; compare the SHA-256 fingerprint "
+                                    "its start banner prints)") from None
         raise RemoteBackupError(0, f"the server at {url} does not answer ({e.reason})") from None
     with resp:
         yield from read_stream(resp)

@@ -23,7 +23,7 @@ from mailkeep.admin.roles import AccessDenied
 from mailkeep.backup import catalog, job, report
 from mailkeep.backup.media import MediaError, MediaReader, verify
 from mailkeep.backup.stream import RemoteBackupError, remote_source
-from mailkeep.cli.target import TOKEN, RemoteError, running_server, target
+from mailkeep.cli.target import TOKEN, RemoteError, running_server, target, tls_client
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
 from mailkeep.store.errors import StoreError
@@ -51,6 +51,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--owner-only", action="store_true", help="new media readable only by you (mode 0600)")
     r.add_argument("--log", choices=("summary", "detailed"), default="summary")
     r.add_argument("--server", metavar="URL", help="back up another server over its HTTP API (needs --user)")
+    r.add_argument("--cafile", metavar="PEM", help="trust this certificate for an https --server (default "
+                   "$MAILKEEP_CAFILE, else the system's trust store)")
     r.add_argument("--json", action="store_true")
     v = bs.add_parser("verify", help="re-read a set (or every set) and compare checksums")
     v.add_argument("--media", required=True, metavar="FILE")
@@ -129,16 +131,17 @@ def _run(ns: argparse.Namespace, data: str, out: TextIO) -> int:
         if ns.server:
             if not user:
                 raise MediaError("--server needs --user NAME (a backup operator of that server)")
-            src = remote_source(ns.server, _auth_user(user), ns.selection, ns.type)
+            src = remote_source(ns.server, _auth_user(user), ns.selection, ns.type, context=tls_client(ns.cafile))
         elif (state := running_server(data)) is not None:
-            url = f"http://{_host(state)}:{state['http']}"
+            url = f"{'https' if state.get('https') else 'http'}://{_host(state)}:{state['http']}"
             if user:
                 auth = _auth_user(user)
             else:
                 with open(os.path.join(data, TOKEN), encoding="utf-8") as f:
                     auth = "Bearer " + f.read().strip()
                 opts.user = _os_user()
-            src = remote_source(url, auth, ns.selection, ns.type)
+            ctx = tls_client(os.path.join(data, "tls", "cert.pem") if state.get("https") else None)
+            src = remote_source(url, auth, ns.selection, ns.type, context=ctx)
         else:
             from mailkeep.store.store import Store
 

@@ -16,6 +16,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--pop3", type=int, default=1110, metavar="PORT")
     s.add_argument("--imap", type=int, default=1143, metavar="PORT")
     s.add_argument("--http", type=int, default=8080, metavar="PORT", help="the administration API (default 8080)")
+    s.add_argument("--https", choices=("auto", "on", "off"), default="auto",
+                   help="TLS on the API with the server's certificate (auto: when --bind is not loopback)")
     s.add_argument("--domain", default=DEFAULT_DOMAIN, help="mail domain for a first start (default %(default)s)")
 
 
@@ -25,7 +27,8 @@ def main(ns: argparse.Namespace, *, data: str) -> int:
 
     try:
         options = Options(bind=ns.bind, smtp_port=ns.smtp, pop3_port=ns.pop3, imap_port=ns.imap,
-                          http_port=ns.http, domain=ns.domain)
+                          http_port=ns.http, domain=ns.domain,
+                          https=None if ns.https == "auto" else ns.https == "on")
         return run(data, options, sys.stdout)
     except (ConfigError, EseError, OSError) as e:
         print(f"mailkeep serve: {e}", file=sys.stderr)

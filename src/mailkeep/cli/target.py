@@ -13,6 +13,7 @@ import base64
 import getpass
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -56,10 +57,11 @@ def running_server(data: str) -> dict[str, Any] | None:
 
 
 class Remote:
-    def __init__(self, url: str, auth: str, *, where: str = "") -> None:
+    def __init__(self, url: str, auth: str, *, where: str = "", cafile: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.auth = auth
         self.where = where
+        self.context = tls_client(cafile)
         self.ops = load()
 
     @classmethod
@@ -67,7 +69,8 @@ class Remote:
         host = state.get("bind") or "127.0.0.1"
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{state['http']}"
+        scheme = "https" if state.get("https") else "http"
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{state['http']}"
         if user:
             password = os.environ.get("MAILKEEP_PASSWORD")
             if password is None:
@@ -81,7 +84,8 @@ class Remote:
                 raise RemoteError(401, {"message": f"the server (pid {state['pid']}) is running and its service "
                                         f"token in {data} is not readable by you: give --user NAME (a directory "
                                         "account; its password from $MAILKEEP_PASSWORD or a prompt)"}) from None
-        return cls(url, auth, where=f"the running server (pid {state['pid']})")
+        return cls(url, auth, where=f"the running server (pid {state['pid']})",
+                   cafile=os.path.join(data, "tls", "cert.pem") if state.get("https") else None)
 
     def call(self, name: str, args: dict[str, Any]) -> Any:
         op = self.ops[name]
@@ -98,7 +102,7 @@ class Remote:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, method=op.method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=3600) as resp:
+            with urllib.request.urlopen(req, timeout=3600, context=self.context) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as e:
             try:
@@ -112,6 +116,13 @@ class Remote:
 
     def close(self) -> None:
         pass
+
+
+def tls_client(cafile: str | None) -> ssl.SSLContext:
+    """Trust ``cafile`` (a server's own certificate, or its CA), else ``$MAILKEEP_CAFILE``, else
+    the system's trust store."""
+    cafile = cafile or os.environ.get("MAILKEEP_CAFILE") or None
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _q(v: Any) -> str:

@@ -29,7 +29,7 @@ from mailkeep.server.imap_server import ImapServer
 from mailkeep.server.pop3_server import Pop3Server
 from mailkeep.server.scheduler import Scheduler
 from mailkeep.server.smtp import DEFAULT_SIZE_LIMIT, IDLE_TIMEOUT, DeliveryHandler, SmtpController
-from mailkeep.server.tcp import Limits
+from mailkeep.server.tcp import Limits, is_loopback
 from mailkeep.store.maintenance import Maintenance
 from mailkeep.store.server import Server
 from mailkeep.store.setup import default_server_name, setup_server
@@ -47,6 +47,7 @@ class Options:
     pop3_port: int = 1110
     imap_port: int = 1143
     http_port: int = 8080
+    https: bool | None = None  # None: HTTPS exactly when the bind address is not loopback
     domain: str = DEFAULT_DOMAIN
     size_limit: int = DEFAULT_SIZE_LIMIT
     maintenance_interval: float = 15 * 60.0
@@ -69,6 +70,7 @@ class Service:
         self.imap: ImapServer | None = None
         self.http: ApiServer | None = None
         self.scheduler: Scheduler | None = None
+        self.https = False
 
     def _say(self, text: str) -> None:
         if self.out is not None:
@@ -115,7 +117,9 @@ class Service:
             roles.ensure_groups(store.directory)
             token = secrets.token_urlsafe(32)
             _write_private(os.path.join(self.data, TOKEN), token)
-            self.http = ApiServer(store, self.options.bind, self.options.http_port, token=token)
+            self.https = self.options.https if self.options.https is not None else not is_loopback(self.options.bind)
+            self.http = ApiServer(store, self.options.bind, self.options.http_port, token=token,
+                                  ssl_context=tls.context if self.https else None)
             self.http.start()
             self.scheduler = Scheduler(store, self.data)
             self.scheduler.start()
@@ -131,7 +135,8 @@ class Service:
         self._say(f"  POP3  {self.options.bind}:{self.options.pop3_port}")
         made = " (self-signed, generated now)" if tls.generated else ""
         self._say(f"  TLS   STARTTLS/STLS with {tls.cert_path}{made}, SHA-256 {tls.fingerprint}")
-        self._say(f"  HTTP  http://{self.options.bind}:{self.options.http_port}/api/v1/  "
+        scheme = "https" if self.https else "http"
+        self._say(f"  HTTP  {scheme}://{self.options.bind}:{self.options.http_port}/api/v1/  "
                   "(OpenAPI: /api/v1/openapi.json)")
 
     def _write_state(self) -> None:
@@ -140,7 +145,7 @@ class Service:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "bind": self.options.bind, "smtp": self.options.smtp_port,
                        "pop3": self.options.pop3_port, "imap": self.options.imap_port,
-                       "http": self.options.http_port}, f)
+                       "http": self.options.http_port, "https": self.https}, f)
         os.replace(tmp, path)
 
     def stop(self) -> None:
