@@ -80,6 +80,33 @@ class JobResult:
         return not self.errors and (self.verify is None or not self.verify.different)
 
 
+@dataclass
+class Selection:
+    """A SELECTION list split by what takes each part: storage groups and databases (the
+    server's store), the configuration set (the server), file paths (this machine)."""
+
+    databases: list[str] = field(default_factory=list)
+    config: bool = False
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def server_side(self) -> list[str]:
+        return self.databases + (["Configuration"] if self.config else [])
+
+
+def split_selection(selection: list[str]) -> Selection:
+    out = Selection()
+    for raw in selection:
+        text = raw.strip()
+        if text.startswith("/"):
+            out.files.append(text)
+        elif text.strip("/").lower() == "configuration" or text.strip("/").lower().endswith("/configuration"):
+            out.config = True
+        else:
+            out.databases.append(text)
+    return out
+
+
 def logical_root(store: Store) -> str:
     return f"{store.server.name}/Information Store"
 
@@ -92,6 +119,8 @@ def plan(store: Store, selection: list[str]) -> list[GroupPlan]:
     chosen: dict[str, GroupPlan] = {}
     for raw in selection:
         text = raw.strip().strip("/")
+        if text.lower().endswith("configuration") and split_selection([raw]).config:
+            continue
         if text.lower() == root.lower() or text.lower() == "information store":
             for g in groups:
                 chosen[g.prefix] = GroupPlan(g, srv.databases(g), True)
@@ -135,15 +164,23 @@ class Item:
 Source = Generator["Item | dict[str, Any]", None, None]  # items, then one summary dict
 
 
-def source(store: Store, selection: list[str], kind_name: str) -> Source:
+def source(store: Store, selection: list[str], kind_name: str, *, key_password: str | None = None) -> Source:
     """The server side of a backup: each storage group through the engine's streaming API,
     yielding the files in order and finally a summary (storage groups, errors, truncation).
     Closing the generator early (the agent went away) ends the running storage group's
     backup as failed: checkpoint unfrozen, error events."""
+    if kind_name not in DATABASE_KINDS:
+        raise SelectionError(f"the information store and the configuration set take the types "
+                             f"{', '.join(DATABASE_KINDS)}; {kind_name!r} applies to file sets only")
     kind = BackupKind(kind_name)
-    plans = plan(store, selection)
-    if not plans:
-        raise SelectionError("nothing selected: name the information store, a storage group or a database")
+    sel = split_selection(selection)
+    if sel.files:
+        raise SelectionError(f"file paths ({', '.join(sel.files)}) are backed up by the machine that runs "
+                             "'mailkeep backup run', not through the server")
+    plans = plan(store, sel.databases)
+    if not plans and not sel.config:
+        raise SelectionError("nothing selected: name the information store, a storage group, a database or "
+                             "SERVER/Configuration")
     ev = store.events
     root = logical_root(store)
     ev.info(SOURCE, 8000, f"Begin Operation: {kind.value} backup of {', '.join(selection)}.", kind=kind.value)
@@ -153,6 +190,13 @@ def source(store: Store, selection: list[str], kind_name: str) -> Source:
         for p in plans:
             record = yield from _group_items(store, p, kind, root, summary)
             summary["storage_groups"].append(record)
+        if sel.config:
+            from mailkeep.backup import config
+
+            try:
+                yield from config.items(store, kind.value, key_password, summary)
+            except (config.ConfigSetError, EseError, OSError) as e:
+                summary["errors"].append(f"Configuration: {e}")
         ok = not summary["errors"]
         yield summary
     finally:
@@ -222,59 +266,79 @@ def _group_items(store: Store, p: GroupPlan, kind: BackupKind, root: str,
 
 
 def run(store: Store, media_path: str, selection: list[str], opts: Options, *,
-        progress: Callable[[str, int], None] | None = None) -> JobResult:
-    """A backup of this process's own store into local media."""
-    return write_set(source(store, selection, opts.kind), media_path, selection, opts, progress=progress)
+        progress: Callable[[str, int], None] | None = None, key_password: str | None = None) -> JobResult:
+    """A backup of this process's own store (and configuration) into local media."""
+    return write_set([source(store, selection, opts.kind, key_password=key_password)], media_path, selection, opts,
+                     progress=progress)
 
 
-def write_set(src: Source, media_path: str, selection: list[str], opts: Options, *,
-              progress: Callable[[str, int], None] | None = None) -> JobResult:
-    """The agent side: everything the source yields becomes one set on the media."""
-    kind = BackupKind(opts.kind)
+def write_set(sources: list[Source], media_path: str, selection: list[str], opts: Options, *,
+              progress: Callable[[str, int], None] | None = None,
+              after: list[Callable[[], None]] | None = None) -> JobResult:
+    """The agent side: everything the sources yield becomes one set on the media. Each
+    source yields items and ends with a summary; ``after`` runs once the set's catalog is on
+    the media (a file set's archive marks)."""
+    kind = opts.kind
+    it = itertools.chain.from_iterable(sources)
     try:
-        first = next(src)  # a refused or wrong request fails here, before the media are touched
+        first = next(it)  # a refused or wrong request fails here, before the media are touched
     except StopIteration:
         raise SelectionError("the backup produced nothing") from None
-    if isinstance(first, dict) and first.get("errors"):  # nothing at all was backed up: no set is written
-        raise BackupFailed("nothing was backed up: " + "; ".join(first["errors"]))
-    media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
-                             owner_only=opts.owner_only)
-    description = opts.description or f"Set created {time.strftime('%Y-%m-%d at %H:%M')}"
+    media = None
     sw = None
     res: JobResult | None = None
+    summaries = 0
     try:
-        for item in itertools.chain([first], src):
+        for item in itertools.chain([first], it):
+            if isinstance(item, dict):
+                summaries += 1
+                if sw is None and item.get("errors") and summaries == len(sources):
+                    # nothing at all was backed up: no set is written
+                    raise BackupFailed("nothing was backed up: " + "; ".join(item["errors"]))
             if sw is None:
+                media = MediaWriter.open(media_path, replace=opts.replace, media_name=opts.media_name,
+                                         owner_only=opts.owner_only)
                 server = item.get("server", "") if isinstance(item, dict) else item.name.split("/", 1)[0]
-                sw = media.begin_set(kind=kind.value, description=description, source=server,
+                sw = media.begin_set(kind=kind, description=opts.description or
+                                     f"Set created {time.strftime('%Y-%m-%d at %H:%M')}", source=server,
                                      selection=list(selection), user=opts.user, compressed=opts.compress)
                 res = JobResult(sw.info, removed_incomplete=media.removed_incomplete)
             assert res is not None
             if isinstance(item, dict):
-                sw.info.extra["storage_groups"] = item["storage_groups"]
-                res.errors.extend(item["errors"])
-                res.truncated = {k: list(v) for k, v in item["truncated"].items()}
+                _merge(sw.info.extra, res, item)
                 continue
             tick: Callable[[int], None] | None = None
             if progress is not None:
                 tick = _ticker(progress, item.name)
             sw.add(item.name, item.role, item.chunks, item.size, progress=tick, **item.meta)
-        if sw is None or res is None:
+        if sw is None or res is None or media is None:
             raise SelectionError("the backup produced nothing")
-        if "storage_groups" not in sw.info.extra:
-            raise MediaError("the backup stream ended without its summary: the set is incomplete")
+        if summaries != len(sources):
+            raise MediaError("a backup stream ended without its summary: the set is incomplete")
         res.set = sw.finish()
     except BaseException:
-        close = getattr(src, "close", None)
-        if close is not None:
-            close()
-        media.abandon()
+        for src in sources:
+            src.close()
+        if media is not None:
+            media.abandon()
         raise
     media.close()
+    for fn in after or []:
+        fn()
     if opts.verify:
         res.verify = verify(MediaReader(media_path), res.set.number)
     res.report = _report(res, media_path, opts)
     return res
+
+
+def _merge(extra: dict[str, Any], res: JobResult, summary: dict[str, Any]) -> None:
+    extra.setdefault("storage_groups", []).extend(summary.get("storage_groups", []))
+    for key in ("config", "files"):
+        if key in summary:
+            extra[key] = summary[key]
+    res.errors.extend(summary.get("errors", []))
+    for k, v in summary.get("truncated", {}).items():
+        res.truncated[k] = list(v)
 
 
 def _ticker(progress: Callable[[str, int], None], name: str) -> Callable[[int], None]:

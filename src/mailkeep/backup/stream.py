@@ -113,10 +113,12 @@ class RemoteBackupError(Exception):
         super().__init__(message)
 
 
-def remote_source(url: str, auth: str, selection: list[str], kind: str, *, context: Any = None) -> Source:
+def remote_source(url: str, auth: str, selection: list[str], kind: str, *, context: Any = None,
+                  key_password: str | None = None) -> Source:
     """Ask the server at ``url`` for a backup and yield what it streams."""
     req = urllib.request.Request(url.rstrip("/") + PATH, method="POST",
-                                 data=json.dumps({"selection": selection, "type": kind}).encode(),
+                                 data=json.dumps({"selection": selection, "type": kind,
+                                                  "key_password": key_password}).encode(),
                                  headers={"Authorization": auth, "Content-Type": "application/json"})
     try:
         resp = urllib.request.urlopen(req, timeout=3600, context=context)

@@ -37,9 +37,14 @@ def add_parser(sub: Any) -> None:
     bs = b.add_subparsers(dest="action", required=True, metavar="ACTION")
     r = bs.add_parser("run", help="back up storage groups or databases into media")
     r.add_argument("selection", nargs="+", metavar="SELECTION",
-                   help="'SERVER/Information Store', '.../STORAGE GROUP' or '.../STORAGE GROUP/DATABASE'")
+                   help="'SERVER/Information Store', '.../STORAGE GROUP', '.../STORAGE GROUP/DATABASE', "
+                   "'SERVER/Configuration' (needs $MAILKEEP_KEY_PASSWORD), or absolute file paths")
     r.add_argument("--media", required=True, metavar="FILE")
-    r.add_argument("--type", default="normal", choices=KINDS)
+    r.add_argument("--type", default="normal", choices=KINDS + ("daily",),
+                   help="daily: file sets only (files modified today)")
+    r.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="file sets: leave out paths matching this fnmatch pattern (repeatable); the data "
+                   "folder's databases and logs are always left out")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add a set to the media (the default)")
     mode.add_argument("--replace", action="store_true", help="start the media over (asks, or --yes)")
@@ -126,33 +131,58 @@ def _run(ns: argparse.Namespace, data: str, out: TextIO) -> int:
                        owner_only=ns.owner_only, compress=ns.compress, verify=ns.verify,
                        detailed=ns.log == "detailed", user=user)
     progress = _Progress() if sys.stderr.isatty() and not ns.json else None
+    sel = job.split_selection(ns.selection)
+    key_password = os.environ.get("MAILKEEP_KEY_PASSWORD") if sel.config else None
+    if sel.config and key_password is None and sys.stdin.isatty():
+        key_password = getpass.getpass("Password to encrypt the TLS private key in the configuration set: ")
     store = None
+    sources: list[job.Source] = []
+    after = []
+    files = None
     try:
-        if ns.server:
-            if not user:
-                raise MediaError("--server needs --user NAME (a backup operator of that server)")
-            src = remote_source(ns.server, _auth_user(user), ns.selection, ns.type, context=tls_client(ns.cafile))
-        elif (state := running_server(data)) is not None:
-            url = f"{'https' if state.get('https') else 'http'}://{_host(state)}:{state['http']}"
-            if user:
-                auth = _auth_user(user)
+        if sel.server_side:
+            if ns.type not in job.DATABASE_KINDS:
+                raise job.SelectionError(f"--type {ns.type} applies to file sets only; the information store and "
+                                         f"the configuration set take {', '.join(job.DATABASE_KINDS)}")
+            server_sel = [x for x in ns.selection if not x.strip().startswith("/")]
+            if ns.server:
+                if not user:
+                    raise MediaError("--server needs --user NAME (a backup operator of that server)")
+                sources.append(remote_source(ns.server, _auth_user(user), server_sel, ns.type,
+                                             context=tls_client(ns.cafile), key_password=key_password))
+            elif (state := running_server(data)) is not None:
+                url = f"{'https' if state.get('https') else 'http'}://{_host(state)}:{state['http']}"
+                if user:
+                    auth = _auth_user(user)
+                else:
+                    with open(os.path.join(data, TOKEN), encoding="utf-8") as f:
+                        auth = "Bearer " + f.read().strip()
+                    opts.user = _os_user()
+                ctx = tls_client(os.path.join(data, "tls", "cert.pem") if state.get("https") else None)
+                sources.append(remote_source(url, auth, server_sel, ns.type, context=ctx, key_password=key_password))
             else:
-                with open(os.path.join(data, TOKEN), encoding="utf-8") as f:
-                    auth = "Bearer " + f.read().strip()
-                opts.user = _os_user()
-            ctx = tls_client(os.path.join(data, "tls", "cert.pem") if state.get("https") else None)
-            src = remote_source(url, auth, ns.selection, ns.type, context=ctx)
-        else:
-            from mailkeep.store.store import Store
+                from mailkeep.store.store import Store
 
-            store = Store.open(data)
-            store.mount_intended()
+                store = Store.open(data)
+                store.mount_intended()
+                opts.user = opts.user or _os_user()
+                sources.append(job.source(store, server_sel, ns.type, key_password=key_password))
+        if sel.files:
+            from mailkeep.backup import files as filesets
+
+            files = filesets.FileSource(filesets.FilePlan(
+                sel.files, ns.type, excluded=filesets.default_exclusions(data if os.path.isdir(data) else None),
+                patterns=list(ns.exclude or [])))
+            sources.append(files.source())
+            after.append(files.commit)
             opts.user = opts.user or _os_user()
-            src = job.source(store, ns.selection, ns.type)
-        res = job.write_set(src, ns.media, ns.selection, opts, progress=progress.tick if progress else None)
+        res = job.write_set(sources, ns.media, ns.selection, opts, progress=progress.tick if progress else None,
+                            after=after)
     finally:
         if progress is not None:
             progress.stop()
+        if files is not None:
+            files.close()
         if store is not None:
             store.close()
     catalog.rebuild(ns.media)

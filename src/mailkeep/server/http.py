@@ -196,6 +196,9 @@ class ApiServer:
                 raise BadRequest("give 'selection': a list of backup-tree names, e.g. ['SERVER/Information Store']")
             if kind not in job.DATABASE_KINDS:
                 raise BadRequest(f"'type' must be one of {', '.join(job.DATABASE_KINDS)}, not {kind!r}")
+            key_password = body.get("key_password") if isinstance(body, dict) else None
+            if key_password is not None and not isinstance(key_password, str):
+                raise BadRequest("'key_password' must be a string")
             job.plan(self.store, selection)  # a wrong selection is a 400, before the stream starts
         except _Unauthorized as e:
             return _error(401, "Unauthorized", str(e), headers={"WWW-Authenticate": 'Basic realm="Mailkeep"'})
@@ -208,7 +211,7 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
         gone = threading.Event()
-        fut = loop.run_in_executor(None, self._produce_backup, selection, kind, loop, queue, gone)
+        fut = loop.run_in_executor(None, self._produce_backup, selection, kind, key_password, loop, queue, gone)
         try:
             while (chunk := await queue.get()) is not None:
                 await resp.write(chunk)
@@ -226,7 +229,8 @@ class ApiServer:
         await resp.write_eof()
         return resp
 
-    def _produce_backup(self, selection: list[str], kind: str, loop: asyncio.AbstractEventLoop,
+    def _produce_backup(self, selection: list[str], kind: str, key_password: str | None,
+                        loop: asyncio.AbstractEventLoop,
                         queue: asyncio.Queue[bytes | None], gone: threading.Event) -> None:
         from mailkeep.backup import job, stream
 
@@ -237,7 +241,7 @@ class ApiServer:
                 asyncio.run_coroutine_threadsafe(queue.put(bytes(b)), loop).result()
                 return len(b)
 
-        src = job.source(self.store, selection, kind)
+        src = job.source(self.store, selection, kind, key_password=key_password)
         try:
             stream.write_stream(src, Out())  # type: ignore[arg-type]
         except BaseException:
