@@ -211,3 +211,55 @@ def test_hostile_member_names_refused(tmp_path: Path) -> None:
             t.addfile(ti, BytesIO(data))
     with pytest.raises(MediaError, match=r"unsafe name 'set-0001/\.\./\.\./etc/passwd'"):
         MediaReader(str(media))
+
+
+def test_damaged_media_refuse_appending_instead_of_cutting_sets(store: Store, tmp_path: Path) -> None:
+    """Review finding: a damaged header in set 2 made the next append truncate sets 2 and 3."""
+    media = str(tmp_path / "d.bkf")
+    for _ in range(3):
+        assert run(store, media, [ROOT], Options(kind="copy")).ok
+    rd = MediaReader(media)
+    m = next(x for x in rd.members if x.name == "set-0002/SET.json")
+    hdr = m.offset_data - 512  # its ustar header block
+    with open(media, "r+b") as f:
+        f.seek(hdr + 148)  # the header checksum field
+        f.write(b"9999999")
+    size = os.path.getsize(media)
+    with pytest.raises(MediaError, match="is damaged at offset .*appending would cut it off"):
+        run(store, media, [ROOT], Options(kind="copy"))
+    assert os.path.getsize(media) == size  # nothing was cut
+    assert verify(MediaReader(media), 1).different == []
+
+
+def test_one_writer_per_media(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "l.bkf")
+    w = mediamod.MediaWriter.open(media)
+    try:
+        with pytest.raises(MediaError, match="is being written by another backup right now"):
+            mediamod.MediaWriter.open(media, replace=True)
+    finally:
+        w.close()
+
+
+def test_damage_in_one_file_fails_that_storage_group_and_the_run_reports_it(store: Store, tmp_path: Path) -> None:
+    deliver(store, 5)
+    info = store.server.database("Mailbox Store (EX1)")
+    m = store.handle(info)
+    m.sg.checkpoint()
+    conn = m.db.reader()
+    off, _length, _sha = next((o, n, h) for _i, o, n, h in m.db.streams(conn))
+    m.db.release_reader(conn)
+    with open(info.stm, "r+b") as f:
+        f.seek(off + 5)
+        f.write(b"\x00\xff")
+    media = str(tmp_path / "x.bkf")
+    res = run(store, media, [ROOT], Options())
+    assert not res.ok
+    assert len(res.errors) == 1 and res.errors[0].startswith("First Storage Group: -1018 (JET_errReadVerifyFailure)")
+    rec = res.set.extra["storage_groups"][0]
+    assert rec["status"].startswith("failed: -1018")
+    assert "Error: First Storage Group: -1018" in res.report and "Backup completed with errors on" in res.report
+    assert store.group(info.sg).backup is None and not store.group(info.sg).frozen
+    ev = [e.id for e in store.events.read(source="NTBackup")]
+    assert ev[-2:] == [8000, 8019] and next(
+        e for e in store.events.read(source="NTBackup", event_id=8019)).level == "error"

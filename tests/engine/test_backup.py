@@ -395,3 +395,56 @@ def test_d16_a_backup_that_never_finishes(tmp_path: Path, events: EventLog) -> N
         assert next(events.read(source="ESE", event_id=214)).level == "error"
     finally:
         g.close()
+
+
+def test_dismount_while_the_agent_ends_its_backup_does_not_deadlock(tmp_path: Path, events: EventLog) -> None:
+    """The backup and a dismount take the same lock: one waits for the other, neither hangs
+    (review finding: a lock of the backup's own, taken in the other order, deadlocked)."""
+    import threading
+
+    g = StorageGroup.create(make_config(tmp_path), io=FileIO(), events=events)
+    try:
+        db = g.create_database(*db_paths(tmp_path))
+        calls = {"n": 0}
+
+        def slow_clock() -> float:
+            calls["n"] += 1
+            if calls["n"] > 1:  # the stamp in end(): hold the lock a while
+                import time as _t
+
+                _t.sleep(0.5)
+            return 1.0
+
+        b = g.begin_backup("copy", clock=slow_clock)
+        for f in b.database_files():
+            copy_out(b, f, tmp_path / "m")
+        for f in b.log_files():
+            copy_out(b, f, tmp_path / "m")
+        done: list[str] = []
+        t = threading.Thread(target=lambda: (b.end(), done.append("end")))
+        t.start()
+        import time as _t
+
+        _t.sleep(0.1)
+        g.dismount(db)
+        done.append("dismount")
+        t.join(10)
+        assert not t.is_alive() and sorted(done) == ["dismount", "end"]
+        assert b.state == "ended" and not g.frozen
+    finally:
+        g.close()
+
+
+def test_two_readers_of_one_file(group: StorageGroup, tmp_path: Path) -> None:
+    db = group.create_database(*db_paths(tmp_path))
+    add_rows(group, db, range(10))
+    b = group.begin_backup("copy")
+    edb = b.database_files()[0]
+    r1, r2 = b.open(edb), b.open(edb)
+    r1.close()
+    with pytest.raises(EseError) as e:
+        b.log_files()  # the other reader is still copying: the image must stay held
+    assert e.value.number == errors.InvalidBackupSequence
+    r2.close()
+    b.log_files()
+    b.end()

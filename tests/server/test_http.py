@@ -239,3 +239,24 @@ def test_https_api(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/openapi.json", timeout=10)
     finally:
         assert stop(p)[0] == 0
+
+
+def test_review_regressions_roles_and_names(running: tuple[Path, int, int]) -> None:
+    data, _smtp, http = running
+    # a full administrator may not make anyone a local administrator (a separate right)
+    code, body = call(http, "POST", "/api/v1/roles/local-administrator/members", user="carol", body={"user": "alice"})
+    assert code == 403 and body["message"].startswith("granting or revoking the role local administrator needs")
+    code, body = call(http, "POST", "/api/v1/roles/local-administrator/members", user="dave", body={"user": "alice"})
+    assert code == 403  # dave is a local administrator but the operation itself needs a full administrator
+    # a revoked role is gone at once, even while the password is remembered
+    assert call(http, "GET", "/api/v1/databases", user="bob")[0] == 200
+    code, _ = call(http, "DELETE", "/api/v1/roles/backup-operator/members/bob", user="carol")
+    assert code == 200
+    code, body = call(http, "GET", "/api/v1/databases", user="bob")
+    assert code == 403 and body["message"].endswith("bob has: user (own mailbox only)")
+    assert call(http, "POST", "/api/v1/roles/backup-operator/members", user="carol", body={"user": "bob"})[0] == 200
+    # job names never leave the schedules folder; an unknown job is 404
+    code, body = call(http, "POST", "/api/v1/backup/schedules/..%2F..%2Fserver/run", user="bob")
+    assert code == 400 and "job name '../../server'" in body["message"]
+    code, body = call(http, "POST", "/api/v1/backup/schedules/nightly/run", user="bob")
+    assert (code, body["error"]) == (404, "NotFound") and body["message"] == "no scheduled job 'nightly' (jobs: none)"

@@ -28,11 +28,12 @@ def schedule_list(ctx: Context) -> list[dict[str, Any]]:
     Param("password", doc="that account's password (checked now, never stored)"),
     Param("at", doc="HH:MM"), Param("days", "array", doc="mon..sun (default every day)"),
     Param("every", doc="instead of at: an interval such as 30s, 15m, 6h, 1d"),
-    Param("description"), Param("verify", "boolean"), Param("compress", "boolean")))
+    Param("description"), Param("verify", "boolean"), Param("compress", "boolean"),
+    Param("owner_only", "boolean", doc="new media readable only by the server's account (mode 0600)")))
 def schedule_add(ctx: Context, name: str, selection: list[str], media: str, type: str | None,  # noqa: A002
                  account: str | None, password: str | None, at: str | None, days: list[str] | None,
                  every: str | None, description: str | None, verify: bool | None,
-                 compress: bool | None) -> dict[str, Any]:
+                 compress: bool | None, owner_only: bool | None) -> dict[str, Any]:
     caller = ctx.caller
     account = account or (caller.name if caller is not SERVICE else "")
     if not account:
@@ -43,7 +44,7 @@ def schedule_add(ctx: Context, name: str, selection: list[str], media: str, type
     j = schedule.Job(name=name, selection=selection, media=media, kind=type or "normal", account=account, at=at,
                      days=[d.lower() for d in days] if days else list(schedule.DAYS),
                      every=schedule.parse_every(every) if every else None, description=description or "",
-                     verify=bool(verify), compress=bool(compress))
+                     verify=bool(verify), compress=bool(compress), owner_only=bool(owner_only))
     schedule.add(ctx.store, ctx.data, j, password=password)
     d = schedule.describe(j)
     when = f"every {every}" if every else f"at {at} on {','.join(j.days)}"
@@ -57,7 +58,8 @@ def schedule_remove(ctx: Context, name: str) -> dict[str, Any]:
     return {"name": j.name, "message": f"Removed the scheduled backup job {j.name!r}"}
 
 
-@operation("schedule.run", "POST", "/backup/schedules/{name}/run", "run a scheduled backup job now", BACKUP)
+@operation("schedule.run", "POST", "/backup/schedules/{name}/run", "run a scheduled backup job now", BACKUP,
+           exclusive=False)
 def schedule_run(ctx: Context, name: str) -> dict[str, Any]:
     if ctx.local:
         ctx.store.mount_intended()

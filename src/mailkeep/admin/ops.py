@@ -386,6 +386,7 @@ def role_list(ctx: Context) -> list[dict[str, Any]]:
            params=(Param("user", S, True),))
 def role_grant(ctx: Context, role: str, user: str) -> dict[str, Any]:
     r = roles.parse_role(role)
+    _may_change(ctx, r)
     e = roles.grant(ctx.directory, user, r)
     return {"role": r.value, "user": e.dn, "message": f"{user} is now a {r.title} (member of {roles.GROUPS[r]})"}
 
@@ -393,8 +394,16 @@ def role_grant(ctx: Context, role: str, user: str) -> dict[str, Any]:
 @operation("role.revoke", "DELETE", "/roles/{role}/members/{user}", "take a role from an account", FULL)
 def role_revoke(ctx: Context, role: str, user: str) -> dict[str, Any]:
     r = roles.parse_role(role)
+    _may_change(ctx, r)
     e = roles.revoke(ctx.directory, user, r)
     return {"role": r.value, "user": e.dn, "message": f"{user} is no longer a {r.title}"}
+
+
+def _may_change(ctx: Context, r: Role) -> None:
+    """Local administrator is a separate right in the guide (configuration-set restores): only a
+    local administrator grants or takes it, so a full administrator cannot give it to himself."""
+    if r is LOCAL:
+        ctx.caller.require(f"granting or revoking the role {r.title}", LOCAL)
 
 
 @operation("me", "GET", "/me", "who am I: account, roles, mailbox")

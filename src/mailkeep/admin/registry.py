@@ -84,6 +84,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     tag: str = ""
     path_params: tuple[str, ...] = field(default=())
+    exclusive: bool = True  # run one at a time with the other administrative operations
 
     def url(self, values: Mapping[str, Any]) -> str:
         from urllib.parse import quote
@@ -100,11 +101,12 @@ class BadRequest(ValueError):
 
 def operation(
     name: str, method: str, path: str, summary: str, *roles: Role, params: tuple[Param, ...] = (), tag: str = "",
+    exclusive: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         in_path = tuple(re.findall(r"\{(\w+)\}", path))
         REGISTRY[name] = Operation(name, method, "/api/v1" + path, summary, tuple(roles), fn, params,
-                                   tag or name.split(".")[0], in_path)
+                                   tag or name.split(".")[0], in_path, exclusive)
         return fn
 
     return register

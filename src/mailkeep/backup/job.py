@@ -235,15 +235,19 @@ def _group_items(store: Store, p: GroupPlan, kind: BackupKind, root: str,
         record["status"] = f"failed: {e}"
         return record
     record.update(log_signature=sg.signature, kind=kind.value)
+    guard = _Guard()
     try:
         for f in b.database_files():
             info = next(d for d in mounted if _same(d.edb, f.database))
             with b.open(f) as r:
-                yield Item(f"{base}/{info.name}/{f.name}", f.role, f.size, _chunks(r), {"database": info.name})
+                yield Item(f"{base}/{info.name}/{f.name}", f.role, f.size, _guarded(r, f.size, guard),
+                           {"database": info.name})
+            guard.check()
         for f in b.log_files():
             with b.open(f) as r:
-                yield Item(f"{base}/{gen_file_name(sg_info.prefix, f.generation)}", "log", f.size, _chunks(r),
-                           {"generation": f.generation})
+                yield Item(f"{base}/{gen_file_name(sg_info.prefix, f.generation)}", "log", f.size,
+                           _guarded(r, f.size, guard), {"generation": f.generation})
+            guard.check()
         for d, db in zip(mounted, handles, strict=True):
             if kind.full:
                 data = b.patch(db)
@@ -316,11 +320,12 @@ def write_set(sources: list[Source], media_path: str, selection: list[str], opts
         if summaries != len(sources):
             raise MediaError("a backup stream ended without its summary: the set is incomplete")
         res.set = sw.finish()
-    except BaseException:
+    except BaseException as e:
         for src in sources:
             src.close()
         if media is not None:
             media.abandon()
+        _failure_report(selection, media_path, opts, e)
         raise
     media.close()
     for fn in after or []:
@@ -339,6 +344,32 @@ def _merge(extra: dict[str, Any], res: JobResult, summary: dict[str, Any]) -> No
     res.errors.extend(summary.get("errors", []))
     for k, v in summary.get("truncated", {}).items():
         res.truncated[k] = list(v)
+
+
+class _Guard:
+    """A read that failed inside a file: the entry is completed with zeros (the tar stream
+    must stay well-formed) and the storage group's backup is recorded as failed."""
+
+    def __init__(self) -> None:
+        self.failed: EseError | None = None
+
+    def check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+
+def _guarded(r: Any, size: int, guard: _Guard) -> Iterator[bytes]:
+    sent = 0
+    try:
+        while chunk := r.read():
+            sent += len(chunk)
+            yield chunk
+    except EseError as e:
+        guard.failed = e
+    while sent < size:
+        n = min(1 << 20, size - sent)
+        sent += n
+        yield b"\0" * n
 
 
 def _ticker(progress: Callable[[str, int], None], name: str) -> Callable[[int], None]:
@@ -397,6 +428,18 @@ def _report(res: JobResult, media_path: str, opts: Options) -> str:
     if res.verify is not None:
         text += verify_report(res.verify, media_path, "Verify After Backup")
     return text
+
+
+def _failure_report(selection: list[str], media_path: str, opts: Options, e: BaseException) -> None:
+    """A run that wrote no complete set still leaves its section in the backup log."""
+    now = time.time()
+    report.append([
+        "Backup Status", "Operation: Backup", "Active backup destination: File",
+        f"Active backup destination: {media_path}", f'Backup of "{", ".join(selection)}"',
+        f"Backup Type: {opts.kind.capitalize()}", f"Error: {e}" if str(e) else f"Error: {type(e).__name__}",
+        f"The backup did not complete on {report.when(now)}; no set was added to the media "
+        "(an incomplete one is removed by the next backup to these media).",
+    ])
 
 
 def verify_report(v: VerifyResult, media_path: str, operation: str = "Verify") -> str:

@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -102,9 +103,20 @@ class SetInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SetInfo:
-        d = dict(d)
-        entries = [Entry(**e) for e in d.pop("entries", [])]
-        return cls(**d, entries=entries)
+        """From a catalog (media are hostile until checked: types and names are verified)."""
+        try:
+            d = dict(d)
+            entries = [Entry(**e) for e in d.pop("entries", [])]
+            info = cls(**d, entries=entries)
+            if not isinstance(info.number, int) or isinstance(info.number, bool) or info.number < 1:
+                raise ValueError(f"set number {info.number!r}")
+            for e in entries:
+                check_name(e.name)
+                if not isinstance(e.size, int) or e.size < 0 or not isinstance(e.sha256, str):
+                    raise ValueError(f"entry {e.name!r} has a bad size or checksum")
+        except (TypeError, ValueError, AttributeError) as e:
+            raise MediaError(f"a set catalog on the media is malformed ({e})") from None
+        return info
 
 
 def check_name(name: str) -> str:
@@ -146,25 +158,27 @@ class _Source:
         self.size = size
         self.name = name
         self.buf = b""
+        self.pos = 0
         self.seen = 0
         self.sha = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
-        while (n < 0 or len(self.buf) < n) and self.chunks is not None:
-            try:
-                c = next(self.chunks)
-            except StopIteration:
-                break
-            self.seen += len(c)
-            if self.seen > self.size:
-                raise MediaError(f"{self.name} grew while it was being written ({self.seen} > {self.size} bytes)")
-            self.sha.update(c)
-            self.buf += c
-        if n < 0:
-            out, self.buf = self.buf, b""
-        else:
-            out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self.pos >= len(self.buf):
+                try:
+                    c = next(self.chunks)
+                except StopIteration:
+                    break
+                self.seen += len(c)
+                if self.seen > self.size:
+                    raise MediaError(f"{self.name} grew while it was being written ({self.seen} > {self.size} bytes)")
+                self.sha.update(c)
+                self.buf, self.pos = c, 0
+            take = len(self.buf) - self.pos if n < 0 else min(n - len(out), len(self.buf) - self.pos)
+            out += self.buf[self.pos:self.pos + take]
+            self.pos += take
+        return bytes(out)
 
 
 class SetWriter:
@@ -229,6 +243,16 @@ class SetWriter:
         return self.info
 
 
+def _lock(f: IO[bytes], path: str) -> None:
+    """One writer per media file (two jobs appending at once would interleave their sets)."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise MediaError(f"{path} is being written by another backup right now; wait for it to finish, or "
+                         "use other media") from None
+
+
 def _counting(it: Iterator[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
     for c in it:
         progress(len(c))
@@ -251,10 +275,19 @@ class MediaWriter:
              owner_only: bool = False) -> MediaWriter:
         user, uid = current_user()
         if os.path.exists(path) and not replace:
-            reader = MediaReader(path)
-            reader.check_access(write=True)
+            existing = MediaReader(path)
+            existing.check_access(write=True)  # the owner's rule first, then the file's mode
+            if owner_only and not existing.header.owner_only:
+                raise MediaError(f"{path} already exists and is not owner-only media; --owner-only applies to new "
+                                 "media: choose a new file, or --replace these")
             f = open(path, "r+b")  # noqa: SIM115 - owned by the writer
-            end, complete, incomplete = reader.append_point()
+            _lock(f, path)
+            try:
+                reader = MediaReader(path)  # again, now that no one else is writing it
+                end, complete, incomplete = reader.append_point()
+            except BaseException:
+                f.close()
+                raise
             f.seek(end)
             f.truncate()
             w = cls(path, reader.header, complete, f)
@@ -263,10 +296,12 @@ class MediaWriter:
         if os.path.exists(path):
             MediaReader.try_access(path)
         tmp_mode = 0o600 if owner_only else 0o644
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, tmp_mode)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, tmp_mode)
         if owner_only:
             os.fchmod(fd, 0o600)
         f = os.fdopen(fd, "r+b")
+        _lock(f, path)  # before emptying it: another backup may be appending right now
+        f.truncate(0)
         now = time.time()
         header = MediaHeader(
             name=media_name or f"Media created {time.strftime('%Y-%m-%d at %H:%M', time.localtime(now))}",
@@ -317,7 +352,8 @@ class MediaReader:
     def __init__(self, path: str) -> None:
         self.path = path
         self.members: list[_Member] = []
-        self.truncated_at: int | None = None
+        self.tail_cut: int | None = None
+        self.damaged_at: int | None = None
         if not os.path.exists(path):
             raise MediaError(f"no media at {path}")
         self._scan()
@@ -348,29 +384,36 @@ class MediaReader:
                              + (f"{h.owner} or root." if h.owner_uid != 0 else "root."))
 
     def _scan(self) -> None:
+        """Members in order. Where the scan stops is recorded: ``tail_cut`` when the last
+        member runs past the end of the file (a writer died in it), ``damaged_at`` when a
+        header is invalid and non-zero bytes follow (damage: nothing after it is trusted)."""
+        size = os.path.getsize(self.path)
+        end = 0
         try:
             with tarfile.open(self.path, mode="r:") as tar:
                 while True:
                     try:
                         ti = tar.next()
                     except (tarfile.ReadError, EOFError) as e:
-                        self.truncated_at = tar.offset
                         if not self.members:
                             raise MediaError(f"{self.path} is not readable backup media ({e})") from None
+                        self.damaged_at = end
                         break
                     if ti is None:
                         break
-                    end = ti.offset_data + ((ti.size + 511) // 512) * 512
-                    if ti.offset_data + ti.size > os.path.getsize(self.path):
-                        self.truncated_at = ti.offset
+                    if ti.offset_data + ti.size > size:
+                        self.tail_cut = ti.offset
                         break
                     check_name(ti.name)
                     if not ti.isreg():
                         raise MediaError(f"{self.path}: member {ti.name!r} is not a regular file "
                                          "(links and devices are never written by Mailkeep)")
+                    end = ti.offset_data + ((ti.size + 511) // 512) * 512
                     self.members.append(_Member(ti.name, ti.offset_data, ti.size, dict(ti.pax_headers), end))
         except tarfile.ReadError as e:
             raise MediaError(f"{self.path} is not readable backup media ({e})") from None
+        if self.tail_cut is None and self.damaged_at is None and _nonzero_after(self.path, end):
+            self.damaged_at = end  # tarfile stops quietly at an invalid header
 
     def read_small(self, m: _Member, limit: int = 64 << 20) -> bytes:
         if m.size > limit:
@@ -419,9 +462,19 @@ class MediaReader:
         """Where the next set goes: after the last member of the last complete set (or the
         media header). Returns that offset, the complete sets, and the incomplete set numbers
         that will be cut off."""
+        if self.damaged_at is not None:
+            raise MediaError(
+                f"{self.path} is damaged at offset {self.damaged_at}: what follows cannot be read, and appending "
+                "would cut it off. Keep these media as they are (verify and restore what can be read), and write "
+                "new backups to other media (or --replace these).")
         sets = self.sets()
         complete = [s for s in sets if s.status == "complete"]
         incomplete = [s.number for s in sets if s.status != "complete"]
+        last_complete = max((s.number for s in complete), default=0)
+        if any(n < last_complete for n in incomplete):
+            raise MediaError(f"{self.path}: set(s) {', '.join(f'#{n}' for n in incomplete)} without a catalog "
+                             "lie before complete sets, which an interrupted backup never leaves: the media are "
+                             "damaged; write new backups to other media")
         end = self.members[0].end
         last = max((s.number for s in complete), default=0)
         for m in self.members:
@@ -454,13 +507,25 @@ class MediaReader:
                 yield from raw
 
 
+def _nonzero_after(path: str, offset: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(CHUNK):
+            if chunk.count(0) != len(chunk):
+                return True
+    return False
+
+
 def _entry_of(m: _Member) -> Entry:
     """An entry rebuilt from its member alone (a set whose catalog was never written)."""
     compression = m.pax.get("MAILKEEP.compression", "")
     name = m.name.split("/", 1)[1]
     if compression == "zstd":
         name = name.removesuffix(".zst")
-    size = int(m.pax.get("MAILKEEP.size", m.size))
+    try:
+        size = int(m.pax.get("MAILKEEP.size", m.size))
+    except ValueError:
+        raise MediaError(f"member {m.name!r} has a malformed MAILKEEP.size") from None
     return Entry(name, m.pax.get("MAILKEEP.role", "file"), size, "", m.size, compression)
 
 

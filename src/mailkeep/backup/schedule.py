@@ -32,6 +32,10 @@ class ScheduleError(ValueError):
     pass
 
 
+class NoSuchJob(ScheduleError):
+    pass
+
+
 @dataclass
 class Job:
     name: str
@@ -45,6 +49,7 @@ class Job:
     description: str = ""
     verify: bool = False
     compress: bool = False
+    owner_only: bool = False
     created: float = 0.0
     last_run: float | None = None
     last_status: str = ""
@@ -71,6 +76,9 @@ def folder(data: str) -> str:
 
 
 def _path(data: str, name: str) -> str:
+    if not NAME.fullmatch(name):  # also keeps a name from leaving the folder ("../x")
+        raise ScheduleError(f"job name {name!r}: use letters, digits, space, '.', '_' or '-' (up to 64), "
+                            "starting with a letter or digit")
     return os.path.join(folder(data), f"{name.lower()}.json")
 
 
@@ -93,10 +101,14 @@ def save(data: str, j: Job) -> None:
 def load(data: str, name: str) -> Job:
     try:
         with open(_path(data, name), encoding="utf-8") as f:
-            return Job(**json.load(f))
+            try:
+                return Job(**json.load(f))
+            except (TypeError, ValueError) as e:
+                raise ScheduleError(f"the scheduled job file of {name!r} is damaged ({e}); remove it and add "
+                                    "the job again") from None
     except FileNotFoundError:
         have = ", ".join(j.name for j in list_jobs(data)) or "none"
-        raise ScheduleError(f"no scheduled job {name!r} (jobs: {have})") from None
+        raise NoSuchJob(f"no scheduled job {name!r} (jobs: {have})") from None
 
 
 def list_jobs(data: str) -> list[Job]:
@@ -168,7 +180,7 @@ def run(store: Store, data: str, name: str) -> job.JobResult:
         _check_account(store, j.account, None)
         res = job.run(store, j.media, j.selection, job.Options(
             kind=j.kind, description=j.description or f"Scheduled job {j.name}", verify=j.verify,
-            compress=j.compress, user=j.account))
+            compress=j.compress, owner_only=j.owner_only, user=j.account))
     except Exception as e:
         j.last_run, j.last_status = time.time(), f"failed: {e}"
         save(data, j)

@@ -84,6 +84,7 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--description", default="")
     a.add_argument("--verify", action="store_true")
     a.add_argument("--compress", action="store_true")
+    a.add_argument("--owner-only", action="store_true", help="new media readable only by the server's account")
     for verb in ("remove", "run"):
         ss.add_parser(verb).add_argument("name")
     p = bs.add_parser("report", help="the backup log (Backup Status / Verify Status sections)")
@@ -328,7 +329,8 @@ def _schedule(ns: argparse.Namespace, data: str, out: TextIO) -> int:
                 "name": ns.name, "selection": ns.selection, "media": os.path.abspath(ns.media), "type": ns.type,
                 "account": ns.account, "password": password, "at": ns.at,
                 "days": ns.days.split(",") if ns.days else None, "every": ns.every,
-                "description": ns.description, "verify": ns.verify, "compress": ns.compress})
+                "description": ns.description, "verify": ns.verify, "compress": ns.compress,
+                "owner_only": ns.owner_only})
             print(res["message"], file=out)
             return 0
         if act == "remove":

@@ -16,7 +16,8 @@ incremental) and :meth:`OnlineBackup.end`. The steps follow the guide's "How Exc
   group still needs; write Previous Full Backup; unfreeze.
 - copy: the same without truncation and without the header update.
 - incremental: freeze; roll over first; stream every closed generation on disk; truncate;
-  write Previous Incremental Backup. Refused under circular logging (-526) and for a
+  write the guide's "Current Incremental Backup" (``eseutil /mh`` shows it as Previous
+  Incremental Backup, as ESE does once the backup ends). Refused under circular logging (-526) and for a
   database without a normal backup (-560).
 - differential: as incremental without truncation and header update.
 
@@ -39,7 +40,6 @@ import enum
 import hashlib
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,8 +116,12 @@ class OnlineBackup:
         self.state = "begun"  # begun -> logs -> truncated -> ended | aborted
         self.failure: EseError | None = None
         self._held: dict[str, _Held] = {}
-        self._open: set[str] = set()
-        self._lock = threading.RLock()
+        self._open: dict[str, int] = {}  # path -> readers open on it
+        # One lock for the backup and its storage group: dismount, close and the depth limit
+        # end a backup while holding the write lock, so a lock of the backup's own taken in
+        # the other order would deadlock. Slow work (verifying an image, reading files) runs
+        # outside it.
+        self._lock = sg._write_lock
 
     # -- begin ---------------------------------------------------------------------------------
     def _begin(self) -> None:
@@ -187,20 +191,21 @@ class OnlineBackup:
 
     def open(self, f: BackupFile) -> BackupReader:
         """A reader of one file, verifying as it goes. Database files before the logs."""
-        with self._lock:
-            if f.role in ("edb", "stm"):
+        if f.role in ("edb", "stm"):
+            with self._lock:
                 self._check("begun", f"open {f.name}")
                 held = self._held.get(f.database)
                 if held is None:
                     raise EseError(errors.InvalidBackupSequence, f"{f.path} is not part of this backup")
-                if f.role == "edb":
-                    self._verify_image(held)
-                    return BackupReader(self, f, None)
-                if not held.verified_edb:
-                    self._load_streams(held)
-                return BackupReader(self, f, _StreamVerifier(held.streams, f.path))
+            if f.role == "edb":
+                self._verify_image(held)
+                return BackupReader(self, f, None)
+            if not held.verified_edb:
+                self._load_streams(held)
+            return BackupReader(self, f, _StreamVerifier(held.streams, f.path))
+        with self._lock:
             self._check("logs", f"open {f.name}")
-            return _log_reader(self, f)
+        return _log_reader(self, f)
 
     def _image(self, held: _Held) -> sqlite3.Connection:
         """The ``.edb`` main file as it is on disk (no WAL): exactly the bytes being copied."""
@@ -254,15 +259,17 @@ class OnlineBackup:
                 if self._open:
                     raise EseError(errors.InvalidBackupSequence, "close the database files before asking for the "
                                    f"logs (still open: {', '.join(sorted(self._open))})")
-                with self.sg._write_lock:
-                    self.high_gen = self.sg._log_writer().roll()
+                self.high_gen = self.sg._log_writer().roll()
                 self._release_all()  # the images are copied: folding the WAL may resume
                 self.state = "logs"
             elif self.state == "begun":
                 self.state = "logs"
             else:
                 self._check("logs", "log_files")
-            return self._log_range()
+            out = self._log_range()
+        self.sg.events.info(SOURCE, 223, f"{self.sg.config.name}: the backup holds log generations {self.low_gen} to "
+                            f"{self.high_gen}.", low=self.low_gen, high=self.high_gen)
+        return out
 
     def _log_range(self) -> list[BackupFile]:
         cfg = self.sg.config
@@ -284,8 +291,6 @@ class OnlineBackup:
                                "cannot be complete. Run a normal backup once the cause is fixed.",
                                path=os.path.join(cfg.log_path, gen_file_name(cfg.prefix, g)))
             out.append(BackupFile("log", path, os.path.getsize(path), generation=g))
-        self.sg.events.info(SOURCE, 223, f"{cfg.name}: the backup holds log generations {self.low_gen} to "
-                            f"{self.high_gen}.", low=self.low_gen, high=self.high_gen)
         return out
 
     def patch(self, db: Database) -> bytes:
@@ -337,9 +342,11 @@ class OnlineBackup:
             self.truncated = doomed
             return doomed
 
-    def end(self, ok: bool = True) -> None:
+    def end(self, ok: bool = True, *, advance: bool = True) -> None:
         """Finish: on success the header sections (normal: Previous Full Backup; incremental:
-        Previous Incremental Backup); always unfreeze and release."""
+        Previous Incremental Backup); always unfreeze and release. ``advance=False`` (a
+        database is being detached) unfreezes without moving the checkpoint now: the detach
+        must be recorded first, or circular logging could delete what that database needs."""
         with self._lock:
             if self.state in ("ended", "aborted"):
                 return
@@ -350,40 +357,47 @@ class OnlineBackup:
                 raise EseError(errors.InvalidBackupSequence, f"a {self.kind.value} backup truncates the logs before "
                                "it ends successfully; call truncate()")
             sg = self.sg
+            stamped = False
             try:
                 if ok:
                     self._stamp_headers()
+                    stamped = True
                 else:
                     self._clear_current()
+            except BaseException as e:
+                if self.failure is None:
+                    self.failure = EseError(errors.BackupAbortByServer, f"writing the backup's header sections "
+                                            f"failed ({e})")
+                raise
             finally:
                 self._release_all()
-                self.state = "ended" if ok else "aborted"
+                self.state = "ended" if stamped else "aborted"
                 sg._backup_ended(self)
-                sg.thaw_checkpoint()
-            if ok:
-                sg.events.info(SOURCE, 213, f"{sg.config.name} ({sg.config.prefix}): {self.kind.value} backup "
-                               f"completed successfully (log generations {self.low_gen} to {self.high_gen}).",
-                               kind=self.kind.value, low=self.low_gen, high=self.high_gen)
-            else:
-                why = f": {self.failure}" if self.failure else ""
-                sg.events.error(SOURCE, 214, f"{sg.config.name} ({sg.config.prefix}): the {self.kind.value} backup "
-                                f"was stopped before it completed{why}. The checkpoint is no longer frozen; run the "
-                                "backup again.", kind=self.kind.value)
+                sg.thaw_checkpoint(advance=advance)
+                if stamped:
+                    sg.events.info(SOURCE, 213, f"{sg.config.name} ({sg.config.prefix}): {self.kind.value} backup "
+                                   f"completed successfully (log generations {self.low_gen} to {self.high_gen}).",
+                                   kind=self.kind.value, low=self.low_gen, high=self.high_gen)
+                else:
+                    why = f": {self.failure}" if self.failure else ""
+                    sg.events.error(SOURCE, 214, f"{sg.config.name} ({sg.config.prefix}): the {self.kind.value} "
+                                    f"backup was stopped before it completed{why}. The checkpoint is no longer "
+                                    "frozen; run the backup again.", kind=self.kind.value)
 
-    def abort(self, reason: EseError) -> None:
+    def abort(self, reason: EseError, *, advance: bool = True) -> None:
         """Ended from the storage group's side (dismount, close, depth limit): -801 afterwards."""
-        self._fail(reason)
-
-    def _fail(self, e: EseError) -> None:
         with self._lock:
             if self.failure is None:
-                self.failure = e
-            self.end(ok=False)
+                self.failure = reason
+            self.end(ok=False, advance=advance)
+
+    def _fail(self, e: EseError) -> None:
+        self.abort(e)
 
     def _stamp_headers(self) -> None:
         section = {BackupKind.NORMAL: "previous_full", BackupKind.INCREMENTAL: "previous_incremental"}.get(self.kind)
         now = self.clock()
-        with self.sg._write_lock:
+        with self._lock:
             for db in self.databases:
                 if db not in self.sg.databases:
                     continue
@@ -398,7 +412,7 @@ class OnlineBackup:
         if not self.kind.full:
             return
         try:
-            with self.sg._write_lock:
+            with self._lock:
                 for db in self.databases:
                     if db in self.sg.databases and db.header.backups.get("current_full") is not None:
                         h = db.header.copy()
@@ -430,7 +444,8 @@ class BackupReader:
         self.offset = 0
         self._data = data
         self._fd = -1 if data is not None else os.open(f.path, os.O_RDONLY)
-        backup._open.add(f.path)
+        backup._open[f.path] = backup._open.get(f.path, 0) + 1
+        self._closed = False
 
     def read(self, size: int = CHUNK) -> bytes:
         b = self.backup
@@ -449,6 +464,8 @@ class BackupReader:
                            f"{self.file.size} bytes expected")
         if self.verifier is not None:
             problem = self.verifier.feed(self.offset, chunk)
+            if not problem and self.remaining - len(chunk) <= 0:
+                problem = self.verifier.finish()
             if problem:
                 self.close()
                 b._damaged(self.file.path, problem)
@@ -460,7 +477,13 @@ class BackupReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.backup._open.discard(self.file.path)
+        if not self._closed:
+            self._closed = True
+            left = self.backup._open.get(self.file.path, 0) - 1
+            if left > 0:
+                self.backup._open[self.file.path] = left
+            else:
+                self.backup._open.pop(self.file.path, None)
 
     def __enter__(self) -> BackupReader:
         return self
@@ -518,6 +541,14 @@ class _StreamVerifier:
             self.h = None
             pos = max(pos, s_off + s_len)
             self.i += 1
+        return None
+
+    def finish(self) -> str | None:
+        """At the end of the copy: every stream the image references was seen whole."""
+        if self.i < len(self.streams):
+            s_off, s_len, _sha, sid = self.streams[self.i]
+            return (f"stream {sid} at offset {s_off} ({s_len} bytes) lies beyond the end of the streaming file "
+                    "that was copied")
         return None
 
 

@@ -698,7 +698,8 @@ class StorageGroup:
     def _detach_clean(self, db: Database) -> None:
         b = self._backup
         if b is not None and db in b.databases:
-            b.abort(EseError(errors.BackupAbortByServer, f"database {db.edb_path} was dismounted during the backup"))
+            b.abort(EseError(errors.BackupAbortByServer, f"database {db.edb_path} was dismounted during the backup"),
+                    advance=False)
         w = self._log_writer()
         _s, end = w.append(DETACH, db.dbid, b"")
         w.wait_durable(end)
@@ -908,12 +909,12 @@ class StorageGroup:
             self._frozen += 1
             self._write_checkpoint()
 
-    def thaw_checkpoint(self) -> None:
+    def thaw_checkpoint(self, *, advance: bool = True) -> None:
         with self._write_lock:
             self._frozen = max(0, self._frozen - 1)
             if not self._frozen and not self._closed:
                 self._write_checkpoint()  # even if the checkpoint cannot move, E00.chk is no longer frozen
-        if not self._frozen:
+        if not self._frozen and advance:
             self.checkpoint()
 
     @property
@@ -979,7 +980,7 @@ class StorageGroup:
             return
         b = self._backup
         if b is not None:
-            b.abort(EseError(errors.BackupAbortByServer, f"{self.config.name} is shutting down"))
+            b.abort(EseError(errors.BackupAbortByServer, f"{self.config.name} is shutting down"), advance=False)
         try:
             with self._write_lock:
                 if self._writer is not None and self._writer.failed is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -58,7 +59,8 @@ class ApiServer:
         self.ssl_context = ssl_context
         self.ops = load()
         self._admin = threading.Lock()
-        self._cache: dict[tuple[str, bytes], tuple[float, Caller]] = {}
+        self._streams: set[threading.Event] = set()  # one per backup being streamed
+        self._cache: dict[tuple[str, bytes], tuple[float, str]] = {}  # -> (when verified, account DN)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -100,6 +102,9 @@ class ApiServer:
         loop.close()
 
     def stop(self) -> None:
+        for gone in list(self._streams):  # streamed backups end now, as failed
+            gone.set()
+        self.store.abort_backups("the server is stopping")
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
@@ -124,18 +129,20 @@ class ApiServer:
             raise _Unauthorized("malformed Basic credentials") from None
         key = (name.lower(), hashlib.sha256(password.encode()).digest())
         now = time.monotonic()
+        d = self.store.directory
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
-        d = self.store.directory
-        user = d.authenticate(name, password)
-        if user is None:
+            user = d.get(hit[1])  # the password was verified recently; the account's state is read now
+        else:
+            user = d.authenticate(name, password)
+            if user is not None:
+                if len(self._cache) > 1000:
+                    self._cache.clear()
+                self._cache[key] = (now, user.dn)
+        if user is None or d.is_disabled(user):
+            self._cache.pop(key, None)
             raise _Unauthorized(f"wrong user name or password, or the account {name!r} is disabled")
-        caller = roles.caller_for(d, user)
-        if len(self._cache) > 1000:
-            self._cache.clear()
-        self._cache[key] = (now, caller)
-        return caller
+        return roles.caller_for(d, user)  # roles as they are now (a revoked role is gone at once)
 
     # -- requests ----------------------------------------------------------------------------
     def _handler(self, op: Operation) -> Any:
@@ -168,8 +175,10 @@ class ApiServer:
         return handle
 
     def _invoke(self, caller: Caller, op: Operation, args: dict[str, Any]) -> Any:
+        ctx = Context(caller, self.store.server.data, store=self.store)
+        if not op.exclusive:  # long runs (a scheduled backup) must not hold up administration
+            return invoke(ctx, op.name, args)
         with self._admin:
-            ctx = Context(caller, self.store.server.data, store=self.store)
             return invoke(ctx, op.name, args)
 
     async def _openapi(self, request: web.Request) -> web.Response:
@@ -236,20 +245,32 @@ class ApiServer:
 
         class Out:
             def write(self, b: bytes) -> int:
-                if gone.is_set():
-                    raise BrokenPipeError("the backup agent disconnected")
-                asyncio.run_coroutine_threadsafe(queue.put(bytes(b)), loop).result()
-                return len(b)
+                fut = asyncio.run_coroutine_threadsafe(queue.put(bytes(b)), loop)
+                while True:
+                    if gone.is_set():
+                        fut.cancel()
+                        raise BrokenPipeError("the backup agent disconnected (or the server is stopping)")
+                    try:
+                        fut.result(timeout=1.0)
+                        return len(b)
+                    except concurrent.futures.TimeoutError:
+                        if loop.is_closed() or not loop.is_running():
+                            gone.set()
 
+        self._streams.add(gone)
         src = job.source(self.store, selection, kind, key_password=key_password)
         try:
-            stream.write_stream(src, Out())  # type: ignore[arg-type]
-        except BaseException:
+            stream.write_stream(src, Out())  # type: ignore[arg-type]  # write() is all tarfile uses
+        except BaseException as e:
             src.close()  # ends a running storage group's backup as failed
-            log.warning("backup stream of %s ended early", ", ".join(selection))
+            log.warning("backup stream of %s ended early: %s", ", ".join(selection), e)
         finally:
-            if not gone.is_set():
-                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            self._streams.discard(gone)
+            if not gone.is_set() and not loop.is_closed():
+                try:
+                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result(timeout=60)
+                except (concurrent.futures.TimeoutError, RuntimeError):
+                    pass
 
 
 class _Unauthorized(Exception):
@@ -266,6 +287,17 @@ def _error(status: int, error: str, message: str, *, headers: dict[str, str] | N
 
 
 def _failure(op: Operation, e: Exception) -> web.Response:
+    from mailkeep.backup.job import BackupFailed, SelectionError
+    from mailkeep.backup.media import MediaError
+    from mailkeep.backup.schedule import NoSuchJob
+    from mailkeep.store.fti import FtiError
+
+    if isinstance(e, NoSuchJob):
+        return _error(404, "NotFound", str(e))
+    if isinstance(e, (MediaError, BackupFailed, FtiError)):
+        return _error(409, type(e).__name__, str(e))
+    if isinstance(e, SelectionError):
+        return _error(400, "BadRequest", str(e))
     if isinstance(e, DirectoryError):
         return _error(404 if e.result == "noSuchObject" else 409, "DirectoryError", str(e), result=e.result)
     if isinstance(e, StoreError):

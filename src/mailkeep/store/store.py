@@ -120,6 +120,18 @@ class Store:
             self.groups[sg.prefix] = g
             return g
 
+    def abort_backups(self, why: str) -> int:
+        """End every running online backup as failed (-801): the server is stopping."""
+        n = 0
+        with self._lock:
+            groups = list(self.groups.values())
+        for g in groups:
+            b = g.backup
+            if b is not None:
+                b.abort(EseError(ese.BackupAbortByServer, why))
+                n += 1
+        return n
+
     def close_group(self, sg: StorageGroupInfo) -> None:
         with self._lock:
             if any(m.info.sg.prefix == sg.prefix for m in self.mounted.values()):
