@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+import backup
 import commit
 import delivery
 import directory
@@ -142,7 +143,8 @@ def fsync_probe(seconds: float = 1.0) -> dict[str, float]:
 
 # -- report --------------------------------------------------------------------------------
 def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[str, Any], r: dict[str, Any],
-                    minutes: float, dl: dict[str, Any], dv: dict[str, Any], ml: dict[str, Any]) -> str:
+                    minutes: float, dl: dict[str, Any], dv: dict[str, Any], ml: dict[str, Any],
+                    bk: dict[str, Any]) -> str:
     probe = ", ".join(f"median {p['median_us']:.0f} µs / p90 {p['p90_us']:.0f} µs" for p in probes)
     return "\n".join([
         BEGIN,
@@ -177,6 +179,10 @@ def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[s
         "delivering clients)",
         "",
         mail.markdown(ml),
+        "",
+        "### Full online backup against cp and tar (the same database and log files, on the same disk)",
+        "",
+        backup.markdown(bk),
         END,
     ])
 
@@ -221,13 +227,15 @@ def main() -> int:
     dv = delivery.measure(log=log)
     log("mail service against Dovecot (bench/mail.py)")
     ml = mail.measure(log=log)
+    log("online backup against cp and tar (bench/backup.py)")
+    bk = backup.measure(log=log)
     probes.append(fsync_probe())
     minutes = (time.perf_counter() - t0) / 60
-    section = results_section(m, probes, c, r, minutes, dl, dv, ml)
+    section = results_section(m, probes, c, r, minutes, dl, dv, ml, bk)
     rewrite_readme(section)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "directory": dl,
-                   "delivery": dv, "mail": ml, "minutes": minutes}, f,
+                   "delivery": dv, "mail": ml, "backup": bk, "minutes": minutes}, f,
                   indent=1, default=str)
     log(section)
     log(f"bench/README.md rewritten ({minutes:.1f} min)")

@@ -29,8 +29,10 @@ import io
 import json
 import os
 import pwd
+import queue
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -196,7 +198,7 @@ class SetWriter:
             progress: Callable[[int], None] | None = None, **meta: Any) -> Entry:
         check_name(name)
         compress = self.info.compressed and role != "patch"
-        it = iter(chunks)
+        it = _prefetch(iter(chunks)) if size > CHUNK else iter(chunks)
         if progress is not None:
             it = _counting(it, progress)
         entry = Entry(name, role, size, "", compression="zstd" if compress else "", meta=meta)
@@ -243,6 +245,49 @@ class SetWriter:
         return self.info
 
 
+def _prefetch(it: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Pull ``it`` in a second thread, a few chunks ahead: the source's reading and
+    verifying (the engine's checks, a stream's SHA-256) overlap with this thread's hashing
+    and writing. hashlib and file I/O release the GIL, so both cores work. Exceptions of the
+    source come out here; stopping early stops the producer."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for c in it:
+                while not stop.is_set():
+                    try:
+                        q.put(("chunk", c), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", e))
+
+    t = threading.Thread(target=produce, name="backup-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.1)
+
+
 def _lock(f: IO[bytes], path: str) -> None:
     """One writer per media file (two jobs appending at once would interleave their sets)."""
     try:
@@ -268,6 +313,7 @@ class MediaWriter:
         self.sets = sets
         self.f = fileobj
         self.tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)
+        self.tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # 16 KiB by default: a call per 16 KiB
         self.removed_incomplete: list[int] = []
 
     @classmethod

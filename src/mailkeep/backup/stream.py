@@ -53,6 +53,7 @@ class _ChunkFile:
 def write_stream(src: Source, out: IO[bytes]) -> None:
     """The server side: every item of ``src`` as a tar member on ``out``; the summary last."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # (not in typeshed)
         for item in src:
             if isinstance(item, dict):
                 data = json.dumps(item).encode()

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from mailkeep.admin.registry import BadRequest
 from mailkeep.admin.roles import AccessDenied
+from mailkeep.cli.store_tools import _onoff
 from mailkeep.cli.target import RemoteError, target
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
@@ -25,14 +26,6 @@ from mailkeep.store.errors import StoreError
 from mailkeep.store.server import ConfigError
 
 ACTIONS = ("create", "delete", "populate", "status", "set")
-
-
-def _onoff(v: str) -> bool:
-    if v.lower() in ("on", "yes", "true", "1"):
-        return True
-    if v.lower() in ("off", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{v!r}: use on or off")
 
 
 def _interval(v: str) -> int | None:

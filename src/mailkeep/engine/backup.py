@@ -51,7 +51,6 @@ from mailkeep.engine.errors import EseError
 from mailkeep.engine.header import BackupInfo
 from mailkeep.engine.logformat import gen_file_name, lsn, lsn_gen
 from mailkeep.engine.logreader import list_generations, scan_generation
-from mailkeep.engine.schema import TableSpec
 
 if TYPE_CHECKING:
     from mailkeep.engine.storagegroup import StorageGroup
@@ -222,10 +221,9 @@ class OnlineBackup:
                 raise sqlite_error(e, db.edb_path) from e
             if bad != ["ok"]:
                 self._damaged(db.edb_path, f"SQLite structure check: {'; '.join(bad)}")
-            for name, blob in conn.execute("SELECT name, spec FROM _tables").fetchall():
-                spec = TableSpec.from_dict(codec.decode(blob))
+            for (name,) in conn.execute("SELECT name FROM _tables").fetchall():
                 try:
-                    for _row in _scan_all(db, conn, spec):
+                    for _row in db.scan(conn, name):  # every row's checksum, read from the image
                         pass
                 except EseError as e:
                     self._damaged(db.edb_path, f"table {name}: {e.detail}")
@@ -555,20 +553,6 @@ class _StreamVerifier:
 def _stream_list(conn: sqlite3.Connection) -> list[tuple[int, int, bytes, int]]:
     return [(int(r[1]), int(r[2]), bytes(r[3]), int(r[0]))
             for r in conn.execute("SELECT id, offset, length, sha256 FROM _streams WHERE length > 0")]
-
-
-def _scan_all(db: Database, conn: sqlite3.Connection, spec: TableSpec) -> Any:
-    sql = f"SELECT {', '.join(chr(34) + c + chr(34) for c in spec.columns)}, _ck FROM {spec.sql_name}"
-    try:
-        cur = conn.execute(sql)
-        while True:
-            batch = cur.fetchmany(512)
-            if not batch:
-                return
-            for r in batch:
-                yield db.row_from(spec, r)
-    except sqlite3.DatabaseError as e:
-        raise sqlite_error(e, db.edb_path) from e
 
 
 def _last_backed_up(db: Database) -> int:
