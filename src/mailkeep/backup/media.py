@@ -211,7 +211,7 @@ class SetWriter:
             import zstandard
 
             with tempfile.TemporaryFile(dir=os.path.dirname(self.media.path) or ".") as spool:
-                w = zstandard.ZstdCompressor(level=3).stream_writer(spool, closefd=False)
+                w = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(spool, closefd=False)
                 while chunk := src.read(CHUNK):
                     w.write(chunk)
                 w.flush(zstandard.FLUSH_FRAME)
