@@ -63,6 +63,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     -1019: ("JET_errPageNotInitialized", "Blank database page"),
     -1022: ("JET_errDiskIO", "Disk IO error"),
     -1032: ("JET_errFileAccessDenied", "Cannot access file, the file is locked or in use"),
+    -1202: ("JET_errDatabaseInUse", "Database in use"),
     -1203: ("JET_errDatabaseNotFound", "No such database"),
     -1206: ("JET_errDatabaseCorrupted", "Non database file or corrupted db"),
     -1216: ("JET_errAttachedDatabaseMismatch", "An outstanding database attachment has been detected at the start or end of recovery, but database is missing or does not match attachment info"),
@@ -97,6 +98,7 @@ DatabaseStreamingFileMismatch = -540
 LogFileSizeMismatch = -541
 CheckpointFileNotFound = -542
 RequiredLogFilesMissing = -543
+SoftRecoveryOnBackupDatabase = -544
 DatabaseDirtyShutdown = -550
 MissingFullBackup = -560
 DbTimeTooNew = -567
@@ -107,6 +109,7 @@ BackupAbortByServer = -801
 ReadVerifyFailure = -1018
 DiskIO = -1022
 FileAccessDenied = -1032
+DatabaseInUse = -1202
 DatabaseNotFound = -1203
 DatabaseCorrupted = -1206
 AttachedDatabaseMismatch = -1216

@@ -546,6 +546,16 @@ class StorageGroup:
             db = Database(self.io, edb_path, stm_path)
             db.open()
             try:
+                patch = db.header.backups.get("patch_current_full")
+                if patch is not None:
+                    raise EseError(
+                        errors.SoftRecoveryOnBackupDatabase,
+                        f"database {db.edb_path} was restored from an online backup and has not been recovered "
+                        f"yet (Patch Current Full Backup: log generations {patch.low_gen}-{patch.high_gen}). Run "
+                        "'mailkeep eseutil /cc TEMP' on the restore's temporary folder (or restore with "
+                        "--last-restore-set), then mount it.",
+                        path=db.edb_path,
+                    )
                 if db.header.state == DbState.DIRTY:  # Just Created: never attached, nothing to replay
                     self._recover_one(db)
                 self._attach(db)
@@ -628,6 +638,42 @@ class StorageGroup:
         h.last_consistent = Mark(end, now)
         db.write_header(h, applied_lsn=max(db.applied_lsn, end))
         self._make_durable(db)
+
+    def roll_forward(self, dbs: Sequence[Database], from_gen: int) -> tuple[int, str]:
+        """Hard recovery's second part: replay this storage group's own log generations, from
+        ``from_gen`` while they continue with the same signature, into restored databases
+        that are not mounted (other databases of the group stay mounted; the write lock keeps
+        the log still meanwhile). Returns the last generation replayed (``from_gen - 1`` when
+        none) and, when it stopped early, why."""
+        with self._write_lock:
+            self._check_open()
+            for db in dbs:
+                if any(d.edb_path == db.edb_path for d in self._dbs.values()):
+                    raise EseError(errors.DatabaseInUse, f"database {db.edb_path} is mounted; dismount it before "
+                                   "recovering a restored copy into its files", path=db.edb_path)
+            w = self._log_writer()
+            w.flush()
+            lay = layout(self.config.log_path, self.config.prefix)
+            if lay.signature != next((d.header.log_signature for d in dbs if d.header.log_signature), lay.signature):
+                return from_gen - 1, (f"{self.config.name}'s logs belong to another log stream (signature "
+                                      f"{lay.signature}), so none of them apply to the restored databases")
+            if from_gen > lay.current_gen:
+                return from_gen - 1, ""
+            if from_gen not in lay.numbered and from_gen != lay.current_gen:
+                return from_gen - 1, (f"{self.config.name}'s log folder does not hold generation {from_gen} "
+                                      f"({both_names(self.config.prefix, from_gen)}; it starts at {lay.lowest}): "
+                                      "the databases hold what the restored logs hold")
+            sigs = {d.header.signature: d for d in dbs}
+
+            def resolve(a: AttachedDb) -> Database | None:
+                return sigs.get(a.signature)
+
+            self.events.info(SOURCE, 300, f"Roll-forward of {len(dbs)} restored database(s) from {self.config.name}'s "
+                             f"own log folder begins at generation {from_gen}.")
+            res = replay(lay, from_gen, resolve)
+            self.events.info(SOURCE, 302, f"Roll-forward complete: generations {from_gen}-{lay.current_gen}, "
+                             f"{res.transactions} transaction(s) read.")
+            return lay.current_gen, ""
 
     def _attach(self, db: Database) -> None:
         h = db.header.copy()

@@ -1,0 +1,584 @@
+"""Restore from backup media, and hard recovery (the guide's "Overview of the Database Restore
+Process", "Recovering an Exchange Database", "How to Run Eseutil /cc").
+
+A restore writes the database files of a normal or copy set to the paths the *target*
+server's directory objects give (matched by storage group and database names, as the guide
+requires), and the set's logs to ``<temp>/<storage group>/``, with ``restore.env`` describing
+the restore. Incremental and differential sets restored afterwards into the same folder add
+their logs and extend ``restore.env``. Hard recovery (``--last-restore-set`` or ``eseutil
+/cc``) replays the restored logs into the restored databases only, then the storage group's
+own log folder while its generations continue with the same signature, leaves the databases
+in Clean Shutdown, and deletes ``restore.env`` (kept with ``/k``). Other databases of the
+group stay mounted throughout.
+
+Invariants:
+- Everything is checked before anything is written: names, mounted targets, GUIDs and the
+  overwrite flag, the temporary folder, space, the chain of sets (order and gaps).
+- Media are hostile until checked: target paths come from the directory objects and log
+  generation numbers, never from names on the media; nothing is written outside the targets.
+- Hard recovery is idempotent (replay skips what a database holds), so an interrupted one is
+  simply run again; ``restore.env`` goes only when it succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mailkeep.backup import report
+from mailkeep.backup.media import Entry, MediaError, MediaReader, SetInfo
+from mailkeep.engine import codec
+from mailkeep.engine.database import Database
+from mailkeep.engine.database import read_header as read_db_header
+from mailkeep.engine.errors import EseError
+from mailkeep.engine.fileio import FileIO
+from mailkeep.engine.header import BackupInfo, DbState, Mark
+from mailkeep.engine.logformat import gen_file_name, lsn
+from mailkeep.engine.logreader import StreamLayout
+from mailkeep.engine.logreader import read_header as read_log_header
+from mailkeep.engine.recovery import replay
+from mailkeep.store.server import DatabaseInfo, StorageGroupInfo
+from mailkeep.store.store import Store
+
+ENV = "restore.env"
+SOURCE = "ESE"
+SPACE_MARGIN = 10 * 1024 * 1024  # the guide: about 10 MB more than the logs being restored
+
+
+class RestoreError(Exception):
+    """A restore or hard recovery refused or failed; the message says why and what to do."""
+
+
+@dataclass
+class EnvDatabase:
+    name: str
+    guid: str
+    signature: str
+    source_edb: str
+    source_stm: str
+    dest_edb: str
+    dest_stm: str
+
+
+@dataclass
+class RestoreEnv:
+    """``restore.env``: what the guide says it keeps track of (ESE's RESTORE_ENVIRONMENT)."""
+
+    storage_group: str
+    prefix: str
+    server: str  # the server restored to
+    backup_server: str
+    log_signature: str
+    log_low: int
+    log_high: int
+    databases: list[EnvDatabase]
+    sets: list[dict[str, Any]] = field(default_factory=list)  # media GUID, set number, type, low, high
+    last_restore_time: float = 0.0
+    recover_status: str = "recoverNotStarted"
+    recover_error: int = 0
+    recover_time: float | None = None
+    annotation: str = "Mailkeep Information Store"
+    format: str = "mailkeep-restore-env/1"
+
+    @classmethod
+    def load(cls, folder: str) -> RestoreEnv | None:
+        p = os.path.join(folder, ENV)
+        try:
+            with open(p, encoding="utf-8") as f:
+                d = json.load(f)
+            d["databases"] = [EnvDatabase(**x) for x in d["databases"]]
+            return cls(**d)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as e:
+            raise RestoreError(f"{p} is damaged ({e}); restore the normal set again into an empty folder") from None
+
+    def save(self, folder: str) -> None:
+        p = os.path.join(folder, ENV)
+        tmp = p + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+
+@dataclass
+class RestoreResult:
+    set: SetInfo
+    folders: list[str] = field(default_factory=list)  # <temp>/<storage group> written
+    files: int = 0
+    bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    recovered: list[HardRecoveryResult] = field(default_factory=list)
+    mounted: list[str] = field(default_factory=list)
+    report: str = ""
+
+
+@dataclass
+class HardRecoveryResult:
+    folder: str
+    storage_group: str
+    databases: list[str]
+    restored_logs: tuple[int, int]
+    rolled_to: int
+    stopped: str
+    kept_env: bool
+
+
+# -- planning -------------------------------------------------------------------------------------
+@dataclass
+class _GroupPlan:
+    record: dict[str, Any]  # the set's storage group record
+    sg: StorageGroupInfo
+    targets: list[tuple[dict[str, Any], DatabaseInfo]]  # (the set's database record, target database)
+    logs: list[Entry]
+    files: dict[str, list[Entry]]  # database name -> its edb, stm, patch entries
+    folder: str
+    env: RestoreEnv | None
+
+
+def _selected(set_info: SetInfo, selection: list[str]) -> dict[str, set[str] | None]:
+    """Storage group name -> database names chosen (None: every database of the set's group)."""
+    groups = {g["name"].lower(): g for g in set_info.extra.get("storage_groups", [])}
+    out: dict[str, set[str] | None] = {}
+    for raw in selection:
+        parts = [p for p in raw.strip().strip("/").split("/") if p]
+        if len(parts) < 2 or parts[1].lower() != "information store":
+            raise RestoreError(f"{raw!r}: name the backup tree as the media do: "
+                               f"'{set_info.source}/Information Store[/STORAGE GROUP[/DATABASE]]'")
+        if len(parts) == 2:
+            for g in groups.values():
+                out[g["name"]] = None
+            continue
+        g = groups.get(parts[2].lower())
+        if g is None:
+            raise RestoreError(f"{raw!r}: backup set #{set_info.number} holds no storage group {parts[2]!r} (it holds: "
+                               f"{', '.join(x['name'] for x in groups.values()) or 'none'})")
+        if len(parts) == 3:
+            out[g["name"]] = None
+        else:
+            dbs = {d["name"].lower() for d in g.get("databases", [])}
+            if parts[3].lower() not in dbs:
+                raise RestoreError(f"{raw!r}: storage group {g['name']} of set #{set_info.number} holds no database "
+                                   f"{parts[3]!r}")
+            cur = out.get(g["name"], set())
+            if cur is not None:
+                cur.add(next(d["name"] for d in g["databases"] if d["name"].lower() == parts[3].lower()))
+                out[g["name"]] = cur
+    return out
+
+
+def _plan(store: Store, s: SetInfo, selection: list[str], temp: str) -> list[_GroupPlan]:
+    srv = store.server
+    if s.status != "complete":
+        raise RestoreError(f"backup set #{s.number} is incomplete (its backup did not finish); restore another set")
+    full = s.kind in ("normal", "copy")
+    chosen = _selected(s, selection)
+    plans = []
+    for rec in s.extra.get("storage_groups", []):
+        if rec["name"] not in chosen:
+            continue
+        if rec.get("status") != "complete":
+            raise RestoreError(f"storage group {rec['name']} failed in backup set #{s.number} ({rec.get('status')}); "
+                               "it cannot be restored from this set")
+        try:
+            sg = srv.storage_group(rec["name"])
+        except Exception:
+            have = ", ".join(g.name for g in srv.storage_groups())
+            raise RestoreError(
+                f"the media's storage group {rec['name']!r} does not exist on server {srv.name} (it has: {have}). "
+                "The names must match: rename a storage group or create one with this name (the guide's "
+                "\"Resolving Mismatched Names\"), then restore again.") from None
+        names = chosen[rec["name"]]
+        wanted = [d for d in rec.get("databases", []) if names is None or d["name"] in names]
+        targets = []
+        for d in wanted:
+            t = next((x for x in srv.databases(sg) if x.name.lower() == d["name"].lower()), None)
+            if t is None:
+                have = ", ".join(x.name for x in srv.databases(sg)) or "none"
+                raise RestoreError(
+                    f"the media's database {d['name']!r} does not exist in storage group {sg.name} of server "
+                    f"{srv.name} (it has: {have}). Rename a database or create one with this name, then restore "
+                    "again.")
+            targets.append((d, t))
+        logs = sorted((e for e in s.entries if e.role == "log" and _in_group(e, rec["name"])),
+                      key=lambda e: int(e.meta.get("generation", 0)))
+        files: dict[str, list[Entry]] = {}
+        for e in s.entries:
+            if e.role in ("edb", "stm", "patch") and _in_group(e, rec["name"]):
+                files.setdefault(str(e.meta.get("database", "")), []).append(e)
+        folder = os.path.join(temp, sg.name)
+        env = RestoreEnv.load(folder)
+        if not full and env is not None:  # logs only: they go to the databases the normal set restored
+            restored = {d.name for d in env.databases}
+            targets = [(d, t) for d, t in targets if d["name"] in restored]
+        plans.append(_GroupPlan(rec, sg, targets, logs, files, folder, env))
+        if full and not targets:
+            raise RestoreError(f"nothing of storage group {rec['name']} was chosen")
+    if not plans:
+        raise RestoreError(f"the selection names nothing in backup set #{s.number}")
+    return plans
+
+
+def _in_group(e: Entry, sg_name: str) -> bool:
+    parts = e.name.split("/")
+    return len(parts) >= 4 and parts[1] == "Information Store" and parts[2] == sg_name
+
+
+def _check(store: Store, s: SetInfo, plans: list[_GroupPlan], media_guid: str, *, local: bool) -> None:
+    """Every guard of the guide, before a byte is written."""
+    srv = store.server
+    full = s.kind in ("normal", "copy")
+    for p in plans:
+        if not full and p.env is None:
+            raise RestoreError(
+                f"there is no {ENV} in {p.folder}: an {s.kind} set only adds logs to a restore begun by a normal "
+                "or copy set. Restore the normal set into this temporary folder first.")
+        for d, t in p.targets:
+            if store.is_mounted(t) or (local and srv.mount_intended(t) and srv.files_created(t)
+                                       and os.path.exists(t.edb)):
+                raise RestoreError(f"{t.kind} {t.path_name} is mounted: dismount it first ('mailkeep db dismount "
+                                   f"\"{t.name}\"'); a mounted database is never overwritten")
+            if full and str(t.guid) != d["guid"] and not t.allow_restore_overwrite:
+                raise RestoreError(
+                    f"{t.kind} {t.path_name} is not the database that was backed up (its GUID is {t.guid}, the "
+                    f"media's is {d['guid']}: the object was deleted and created again, or this is another "
+                    "server). If you mean to replace it, turn on \"This database can be overwritten by a restore\" "
+                    f"('mailkeep db set \"{t.name}\" --allow-restore-overwrite on') and restore again.")
+        # the temporary folder: never the storage group's own files
+        own = {os.path.realpath(p.sg.log_path), os.path.realpath(p.sg.system_path)}
+        own |= {os.path.realpath(os.path.dirname(x.edb)) for x in srv.databases()}
+        own |= {os.path.realpath(os.path.dirname(x.stm)) for x in srv.databases()}
+        folder = os.path.realpath(p.folder)
+        if folder in own or os.path.realpath(os.path.dirname(p.folder)) in own:
+            raise RestoreError(f"the temporary folder {os.path.dirname(p.folder)} holds {p.sg.name}'s own log or "
+                               "database files; choose an empty folder elsewhere (--temp DIR): restored logs must "
+                               "never mix with the storage group's own")
+        if os.path.isdir(p.folder):
+            theirs = [n for n in os.listdir(p.folder) if n.lower().endswith((".edb", ".stm", ".chk"))
+                      or n.upper() == f"{p.sg.prefix}.LOG"]
+            if theirs:
+                raise RestoreError(f"the temporary folder {p.folder} holds database or checkpoint files "
+                                   f"({', '.join(sorted(theirs)[:3])}); choose an empty folder (--temp DIR)")
+        need = sum(e.size for e in p.logs) + SPACE_MARGIN
+        probe = p.folder
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe) or "."
+        free = shutil.disk_usage(probe).free
+        if free < need:
+            raise RestoreError(f"the temporary folder {p.folder} has {free:,} bytes free; the logs of this set need "
+                               f"{need:,} (their size plus 10 MB). Free space or choose another folder (--temp).")
+        env = p.env
+        rec = p.record
+        if full:
+            if env is not None and not any(x["media"] == media_guid and x["set"] == s.number for x in env.sets):
+                first = env.sets[0] if env.sets else {}
+                raise RestoreError(
+                    f"{os.path.join(p.folder, ENV)} belongs to another restore (set #{first.get('set')} of other "
+                    "media, or another set): use a different temporary folder for each normal or copy set")
+        else:
+            if env is None:
+                raise RestoreError(
+                    f"there is no {ENV} in {p.folder}: an {s.kind} set only adds logs to a restore begun by a normal "
+                    "or copy set. Restore the normal set into this temporary folder first.")
+            if env.log_signature != rec.get("log_signature"):
+                raise RestoreError(f"backup set #{s.number} holds logs of another log stream than the restore in "
+                                   f"{p.folder}: it does not belong to that normal set")
+            low, high = int(rec["low_gen"]), int(rec["high_gen"])
+            if high <= env.log_high:
+                raise RestoreError(
+                    f"backup set #{s.number} holds generations {low}-{high}, which the restore in {p.folder} already "
+                    f"has (up to {env.log_high}): sets restored out of order. Restore the normal set, then the "
+                    "incremental or differential sets in the order they were made.")
+            if low > env.log_high + 1:
+                raise RestoreError(
+                    f"backup set #{s.number} begins at generation {low}, but the restore in {p.folder} ends at "
+                    f"{env.log_high}: generations {env.log_high + 1}-{low - 1} are missing (a set between them was "
+                    "not restored). Restore the missing incremental set first.")
+
+
+# -- restore --------------------------------------------------------------------------------------
+def restore(store: Store, media: str, set_no: int, selection: list[str], temp: str, *, last: bool = False,
+            mount: bool = False, keep_damaged: str | None = None, roll_forward: bool = True, local: bool = True,
+            progress: Callable[[str, int], None] | None = None) -> RestoreResult:
+    reader = MediaReader(media)
+    reader.check_access()
+    s = reader.get_set(set_no)
+    temp = os.path.abspath(temp)
+    plans = _plan(store, s, selection, temp)
+    _check(store, s, plans, reader.header.guid, local=local)
+    if keep_damaged:
+        _check_keep(plans, keep_damaged)
+    res = RestoreResult(s)
+    started = time.time()
+    store.events.info(SOURCE, 204, f"Restore of backup set #{s.number} ({s.kind}) from {media} begins.")
+    full = s.kind in ("normal", "copy")
+    try:
+        for p in plans:
+            os.makedirs(p.folder, exist_ok=True)
+            if full:
+                for d, t in p.targets:
+                    if keep_damaged:
+                        res.notes.append(_keep(t, keep_damaged))
+                    n, b = _restore_database(reader, s, p, d, t, progress)
+                    res.files += n
+                    res.bytes += b
+            for e in p.logs:
+                g = int(e.meta.get("generation", 0))
+                if g < 1:
+                    raise MediaError(f"log entry {e.name!r} carries no generation number")
+                dest = os.path.join(p.folder, gen_file_name(p.sg.prefix, g))
+                _write(reader, s.number, e, dest, progress)
+                res.files += 1
+                res.bytes += e.size
+            _update_env(store, p, s, reader.header.guid)
+            res.folders.append(p.folder)
+    except BaseException as e:
+        store.events.error(SOURCE, 205, f"Restore of backup set #{s.number} from {media} failed: {e}")
+        res.report = _report(res, media, started, error=str(e))
+        raise
+    store.events.info(SOURCE, 205, f"Restore of backup set #{s.number} ({s.kind}) from {media} complete: "
+                      f"{res.files} file(s), {res.bytes:,} bytes.")
+    if last:
+        for folder in res.folders:
+            res.recovered.append(hard_recovery(store, folder, roll_forward=roll_forward))
+        if mount:
+            for p in plans:
+                for _d, t in p.targets:
+                    store.mount(t)
+                    res.mounted.append(t.path_name)
+    res.report = _report(res, media, started)
+    return res
+
+
+def _restore_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
+                      progress: Callable[[str, int], None] | None) -> tuple[int, int]:
+    entries = {e.role: e for e in p.files.get(d["name"], [])}
+    missing = [r for r in ("edb", "stm", "patch") if r not in entries]
+    if missing:
+        raise MediaError(f"backup set #{s.number} lacks the {', '.join(missing)} of {d['name']}")
+    for path in (t.edb, t.stm):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    # the old database's WAL must never be applied to the restored image
+    for stale in (t.edb + "-wal", t.edb + "-shm"):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    _write(reader, s.number, entries["edb"], t.edb, progress)
+    _write(reader, s.number, entries["stm"], t.stm, progress)
+    patch = codec.decode(b"".join(reader.read_entry(s.number, entries["patch"])))
+    if not isinstance(patch, dict) or not {"low_gen", "high_gen", "log_signature"} <= set(patch):
+        raise MediaError(f"the patch entry of {d['name']} in set #{s.number} is malformed")
+    db = Database(FileIO(), t.edb, t.stm)
+    db.open()
+    try:
+        h = db.header.copy()
+        h.backups["patch_current_full"] = BackupInfo(int(patch["low_gen"]), int(patch["high_gen"]),
+                                                     lsn(int(patch["low_gen"]), 0), float(patch.get("time", 0.0)))
+        h.directory_guid = str(t.guid)  # restored under the target object (GUID checked above)
+        db.write_header(h)
+        db.header = h
+        db.checkpoint()
+    finally:
+        db.close()
+    return 2, entries["edb"].size + entries["stm"].size
+
+
+def _write(reader: MediaReader, set_no: int, e: Entry, dest: str, progress: Callable[[str, int], None] | None) -> None:
+    """Stream an entry to ``dest`` (through a temporary name, fsync'd, then renamed)."""
+    tmp = dest + ".restoring"
+    n = 0
+    with open(tmp, "wb") as f:
+        for chunk in reader.read_entry(set_no, e):
+            f.write(chunk)
+            n += len(chunk)
+            if progress is not None:
+                progress(e.name, len(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    if n != e.size:
+        os.unlink(tmp)
+        raise MediaError(f"{e.name}: {n} bytes on the media where the catalog says {e.size}")
+    os.replace(tmp, dest)
+
+
+def _check_keep(plans: list[_GroupPlan], keep: str) -> None:
+    os.makedirs(keep, exist_ok=True)
+    dev = os.stat(keep).st_dev
+    for p in plans:
+        for _d, t in p.targets:
+            for path in (t.edb, t.stm):
+                if os.path.exists(path) and os.stat(path).st_dev != dev:
+                    raise RestoreError(f"--keep-damaged {keep} is on another file system than {path}: moving would "
+                                       "copy the whole file. Choose a folder on the same file system (the guide: a "
+                                       "move on the same disk is almost instantaneous).")
+                if os.path.exists(os.path.join(keep, os.path.basename(path))):
+                    raise RestoreError(f"{os.path.join(keep, os.path.basename(path))} exists already; choose another "
+                                       "--keep-damaged folder")
+
+
+def _keep(t: DatabaseInfo, keep: str) -> str:
+    if not os.path.exists(t.edb):
+        return f"{t.path_name}: no existing files to keep"
+    try:
+        h, _applied = read_db_header(t.edb)
+        state = ("Clean Shutdown" if h.state == DbState.CLEAN else
+                 f"{h.state.value}, Log Required {h.log_required_low}-{h.log_committed}")
+    except EseError as e:
+        state = f"header unreadable ({e.name})"
+    for path in (t.edb, t.stm, t.edb + "-wal", t.edb + "-shm"):
+        if os.path.exists(path):
+            os.rename(path, os.path.join(keep, os.path.basename(path)))
+    return f"{t.path_name}: the existing files were moved to {keep} ({state})"
+
+
+def _update_env(store: Store, p: _GroupPlan, s: SetInfo, media_guid: str) -> None:
+    rec = p.record
+    low, high = int(rec["low_gen"]), int(rec["high_gen"])
+    entry = {"media": media_guid, "set": s.number, "type": s.kind, "low": low, "high": high,
+             "restored": time.time()}
+    env = p.env
+    if s.kind in ("normal", "copy"):
+        env = RestoreEnv(
+            storage_group=p.sg.name, prefix=p.sg.prefix, server=store.server.name, backup_server=s.source,
+            log_signature=str(rec["log_signature"]), log_low=low, log_high=high,
+            databases=[EnvDatabase(d["name"], d["guid"], d["signature"], d["edb"], d["stm"], t.edb, t.stm)
+                       for d, t in p.targets], sets=[entry])
+    else:
+        assert env is not None
+        env.log_high = high
+        env.sets.append(entry)
+    env.last_restore_time = time.time()
+    env.save(p.folder)
+    p.env = env
+
+
+# -- hard recovery --------------------------------------------------------------------------------
+def find_env_folder(temp: str) -> str:
+    """The folder holding restore.env: TEMP itself, or its one storage group subfolder."""
+    if os.path.exists(os.path.join(temp, ENV)):
+        return temp
+    subs = [os.path.join(temp, n) for n in sorted(os.listdir(temp)) if os.path.exists(os.path.join(temp, n, ENV))] \
+        if os.path.isdir(temp) else []
+    if len(subs) == 1:
+        return subs[0]
+    if not subs:
+        raise RestoreError(f"no {ENV} in {temp} or its storage group folders: nothing to recover (it is deleted "
+                           "when hard recovery succeeds)")
+    raise RestoreError(f"{temp} holds restores of several storage groups ({', '.join(subs)}): run eseutil /cc on "
+                       "each folder")
+
+
+def hard_recovery(store: Store, temp: str, *, keep: bool = False, roll_forward: bool = True) -> HardRecoveryResult:
+    folder = find_env_folder(os.path.abspath(temp))
+    env = RestoreEnv.load(folder)
+    assert env is not None
+    srv = store.server
+    sg_info = srv.storage_group(env.storage_group)
+    targets = []
+    for d in env.databases:
+        t = next((x for x in srv.databases(sg_info) if x.name == d.name), None)
+        if t is None:
+            raise RestoreError(f"database {d.name} of {ENV} no longer exists in {sg_info.name}")
+        if store.is_mounted(t):
+            raise RestoreError(f"{t.path_name} is mounted: hard recovery works on dismounted restored databases; "
+                               "dismount it and run eseutil /cc again")
+        targets.append((d, t))
+    # the restored logs: all there, contiguous, of the one stream
+    numbered = {}
+    for g in range(env.log_low, env.log_high + 1):
+        p = os.path.join(folder, gen_file_name(env.prefix, g))
+        if not os.path.exists(p):
+            raise RestoreError(f"restored log generation {g} ({os.path.basename(p)}) is missing from {folder}: "
+                               "restore the set that holds it again")
+        lh = read_log_header(p)
+        if lh.signature != env.log_signature:
+            raise RestoreError(f"{p} belongs to another log stream than {ENV} says; it cannot be replayed here")
+        numbered[g] = p
+    env.recover_status = "recoverStarted"
+    env.save(folder)
+    store.events.info(SOURCE, 300, f"Hard recovery of {', '.join(t.path_name for _d, t in targets)} from {folder} "
+                      f"begins (restored generations {env.log_low}-{env.log_high}).")
+    dbs: list[Database] = []
+    try:
+        for d, t in targets:
+            db = Database(FileIO(), t.edb, t.stm)
+            db.open()
+            dbs.append(db)
+            if db.header.signature != d.signature:
+                raise RestoreError(f"{t.edb} is not the database {ENV} restored (signature {db.header.signature}, "
+                                   f"expected {d.signature}): restore the set again")
+        sigs = {db.header.signature: db for db in dbs}
+        lay = StreamLayout(folder, env.prefix, {g: p for g, p in numbered.items() if g < env.log_high},
+                           numbered[env.log_high], env.log_high, env.log_signature)
+        replay(lay, env.log_low, lambda a: sigs.get(a.signature))
+        rolled, stopped = env.log_high, "not asked for (/t)"
+        if roll_forward:
+            sg = store.group(sg_info)
+            rolled, stopped = sg.roll_forward(dbs, env.log_high + 1)
+            rolled = max(rolled, env.log_high)
+        now = time.time()
+        for db in dbs:
+            h = db.header.copy()
+            if h.state != DbState.CLEAN:
+                h.transition(DbState.CLEAN)
+            h.log_required_low = 0
+            h.backups["patch_current_full"] = None
+            h.last_consistent = Mark(db.applied_lsn, now)
+            db.write_header(h)
+            db.header = h
+            if not db.checkpoint():
+                raise RestoreError(f"{db.edb_path} could not be made durable (a reader held it); run eseutil /cc again")
+    except BaseException as e:
+        env.recover_status = "recoverStarted"
+        env.recover_error = getattr(e, "number", -1)
+        env.save(folder)
+        store.events.error(SOURCE, 454, f"Hard recovery from {folder} failed: {e}. Fix the cause and run "
+                           "'mailkeep eseutil /cc' again (it is safe to repeat).")
+        raise
+    finally:
+        for db in dbs:
+            db.close()
+    env.recover_status = "recoverEnded"
+    env.recover_time = time.time()
+    if keep:
+        env.save(folder)
+    else:
+        os.unlink(os.path.join(folder, ENV))
+    store.events.info(SOURCE, 302, f"Hard recovery from {folder} complete: restored generations {env.log_low}-"
+                      f"{env.log_high}, rolled forward to generation {rolled}"
+                      + (f" ({stopped})" if stopped else "") + "; the databases are in Clean Shutdown.")
+    return HardRecoveryResult(folder, sg_info.name, [t.path_name for _d, t in targets], (env.log_low, env.log_high),
+                              rolled, stopped, keep)
+
+
+def _report(res: RestoreResult, media: str, started: float, *, error: str = "") -> str:
+    s = res.set
+    lines = [
+        "Restore Status",
+        "Operation: Restore",
+        f'Backup of "{", ".join(s.selection)}"',
+        f"Backup set #{s.number} on media #1",
+        f'Backup description: "{s.description}"',
+        f"Restore started on {report.when(started)}.",
+    ]
+    lines += [f"Note: {n}" for n in res.notes]
+    if error:
+        lines += [f"Unable to restore data to the target ({error}); check the application event log.",
+                  f"Restore did not complete on {report.when(time.time())}."]
+    else:
+        for r in res.recovered:
+            lines.append(f"Hard recovery of {', '.join(r.databases)}: logs {r.restored_logs[0]}-{r.restored_logs[1]} "
+                         f"from {r.folder}, rolled forward to generation {r.rolled_to}"
+                         + (f" ({r.stopped})" if r.stopped else "") + ".")
+        for m in res.mounted:
+            lines.append(f"Mounted {m}.")
+        lines.append(f"Restore completed on {report.when(time.time())}.")
+    lines += [f"Files: {res.files}", f"Bytes: {report.number(res.bytes)}",
+              f"Time:  {report.duration(time.time() - started)}"]
+    return report.append(lines)

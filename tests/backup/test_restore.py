@@ -1,0 +1,184 @@
+"""Restore and hard recovery at the library level: D3 (lost files: restore the last normal set,
+roll forward with the storage group's own logs), D2 (normal + incrementals in order, Last
+Restore Set), and the guide's guards, each refusing before anything is written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from mailkeep.backup.job import Options, run
+from mailkeep.backup.restore import ENV, RestoreError, hard_recovery, restore
+from mailkeep.directory import tasks
+from mailkeep.directory.setup import open_directory
+from mailkeep.engine.database import read_header
+from mailkeep.engine.errors import EseError
+from mailkeep.store import delivery
+from mailkeep.store.mailbox import open_mailbox
+from mailkeep.store.setup import setup_server
+from mailkeep.store.store import Store
+
+ROOT = "EX1/Information Store"
+SG = f"{ROOT}/First Storage Group"
+DB = "Mailbox Store (EX1)"
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILKEEP_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    data = tmp_path / "data"
+    res = setup_server(str(data), domain="contoso.com", server="EX1", log_file_size=64 * 1024)
+    d = open_directory(str(data))
+    d.add_user("alice", password_text="pw")
+    tasks.mailbox_enable(d, "alice", res.mailbox_store.dn)
+    d.close()
+    s = Store.open(str(data), log_file_size=64 * 1024)
+    s.mount_intended()
+    yield s
+    s.close()
+
+
+def deliver(store: Store, ids: range) -> list[str]:
+    out = []
+    for i in ids:
+        mid = f"<m{i}@x>"
+        msg = f"Message-ID: {mid}\r\nSubject: {i}\r\n\r\n{'body ' * 300}\r\n".encode()
+        assert delivery.deliver(store, BytesIO(msg), ["alice@contoso.com"]).outcomes[0].status == delivery.DELIVERED
+        out.append(mid)
+    return out
+
+
+def inbox(store: Store) -> list[str]:
+    return sorted(m.message_id for m in open_mailbox(store, "alice").messages("INBOX"))
+
+
+def lose(store: Store) -> None:
+    """The disaster: the mailbox database's files are gone (after a dismount)."""
+    info = store.server.database(DB)
+    store.dismount(info)
+    for p in (info.edb, info.stm, info.edb + "-wal", info.edb + "-shm"):
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+def test_d3_restore_and_roll_forward_with_the_current_logs(store: Store, tmp_path: Path) -> None:
+    before = deliver(store, range(0, 20))
+    media = str(tmp_path / "m.bkf")
+    assert run(store, media, [SG], Options()).ok
+    after = deliver(store, range(20, 45))  # after the backup: only in the storage group's logs
+    lose(store)
+    temp = str(tmp_path / "temp")
+    res = restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    folder = os.path.join(temp, "First Storage Group")
+    assert res.folders == [folder] and os.path.exists(os.path.join(folder, ENV))
+    info = store.server.database(DB)
+    h, _ = read_header(info.edb)
+    patch = h.backups["patch_current_full"]
+    assert patch is not None and patch.high_gen == res.set.extra["storage_groups"][0]["high_gen"]
+    with pytest.raises(EseError) as e:  # not recovered yet: mounting is refused
+        store.mount(info)
+    assert e.value.number == -544 and "eseutil /cc" in e.value.detail
+    r = hard_recovery(store, temp)
+    assert r.stopped == "" and r.rolled_to > r.restored_logs[1]
+    assert not os.path.exists(os.path.join(folder, ENV))
+    h, _ = read_header(info.edb)
+    assert h.state.value == "Clean Shutdown" and h.backups["patch_current_full"] is None
+    store.mount(info)
+    assert inbox(store) == sorted(before + after)  # every message committed before the loss is back
+    assert "Restore Status" in res.report and "Backup set #1 on media #1" in res.report
+
+
+def test_d2_normal_then_incrementals_last_restore_set(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    ids = deliver(store, range(0, 10))
+    assert run(store, media, [SG], Options()).ok
+    sg = store.group(store.server.storage_group("First Storage Group"))
+    ids += deliver(store, range(10, 150))  # several generations of 64 KiB
+    sg.checkpoint()  # as the server does periodically: the incremental can truncate all it covers
+    assert run(store, media, [SG], Options(kind="incremental")).ok
+    ids += deliver(store, range(150, 300))
+    sg.checkpoint()
+    assert run(store, media, [SG], Options(kind="incremental")).ok
+    late = deliver(store, range(300, 305))  # after the last backup
+    lose(store)
+    # roll forward would also replay the late ones; /t-like restores only what the sets hold
+    temp = str(tmp_path / "t")
+    folder = os.path.join(temp, "First Storage Group")
+    restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    import json
+
+    env = json.loads(open(os.path.join(folder, ENV)).read())
+    assert [x["set"] for x in env["sets"]] == [1] and env["recover_status"] == "recoverNotStarted"
+    # out of order: set 3 before set 2
+    with pytest.raises(RestoreError, match="generations .* are missing .*Restore the missing incremental set first"):
+        restore(store, media, 3, [SG], temp)
+    restore(store, media, 2, [SG], temp)
+    env = json.loads(open(os.path.join(folder, ENV)).read())
+    assert [x["set"] for x in env["sets"]] == [1, 2]
+    with pytest.raises(RestoreError, match="already has .*sets restored out of order"):
+        restore(store, media, 2, [SG], temp)
+    res = restore(store, media, 3, [SG], temp, last=True, mount=True, roll_forward=False)
+    assert res.mounted == [f"First Storage Group/{DB}"] and not os.path.exists(os.path.join(folder, ENV))
+    assert inbox(store) == sorted(ids)  # everything delivered before the last backup
+    assert not set(late) & set(inbox(store))
+
+
+def test_guards_refuse_before_writing(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(3))
+    assert run(store, media, [SG], Options()).ok
+    assert run(store, media, [SG], Options(kind="incremental")).ok
+    other = str(tmp_path / "m2.bkf")
+    assert run(store, other, [SG], Options(kind="copy")).ok
+    temp = str(tmp_path / "t")
+    info = store.server.database(DB)
+    one = [f"{SG}/{DB}"]
+    with pytest.raises(RestoreError, match=r"is mounted: dismount it first"):
+        restore(store, media, 1, one, temp)
+    store.dismount(info)
+    with pytest.raises(RestoreError, match="there is no restore.env in .*Restore the normal set"):
+        restore(store, media, 2, one, temp)
+    with pytest.raises(RestoreError, match="holds First Storage Group's own log or database files"):
+        restore(store, media, 1, one, os.path.dirname(info.edb))
+    # names must match: rename the database on the target
+    store.server.rename_database(DB, "Renamed Store")
+    with pytest.raises(RestoreError, match=r"the media's database 'Mailbox Store \(EX1\)' does not exist .*"
+                                           r"\(it has: Renamed Store, Public Folder Store \(EX1\)\)"):
+        restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    store.server.rename_database("Renamed Store", DB)
+    assert not os.path.exists(temp)  # nothing was written by the refused restores
+    restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    with pytest.raises(RestoreError, match="belongs to another restore .*use a different temporary folder"):
+        restore(store, other, 1, one, temp)  # a second normal/copy set into the same folder
+
+
+def test_a_recreated_database_object_needs_the_overwrite_flag(store: Store, tmp_path: Path) -> None:
+    """D7: the database object was deleted and created again (a new GUID)."""
+    srv = store.server
+    extra = srv.create_database("First Storage Group", "Extra Store")
+    store.mount(extra)
+    media = str(tmp_path / "m.bkf")
+    assert run(store, media, [f"{SG}/Extra Store"], Options(kind="copy")).ok
+    store.dismount(extra)
+    os.unlink(extra.edb)
+    os.unlink(extra.stm)
+    srv.delete_database("Extra Store")
+    again = srv.create_database("First Storage Group", "Extra Store", edb=extra.edb, stm=extra.stm)
+    assert again.guid != extra.guid
+    temp = str(tmp_path / "t")
+    with pytest.raises(RestoreError, match=r"is not the database that was backed up .*--allow-restore-overwrite on"):
+        restore(store, media, 1, [f"{SG}/Extra Store"], temp)
+    assert not os.path.exists(extra.edb)
+    srv.set_database("Extra Store", allow_restore_overwrite=True)
+    res = restore(store, media, 1, [f"{SG}/Extra Store"], temp, last=True, mount=True)
+    assert res.mounted == ["First Storage Group/Extra Store"]
+    h, _ = read_header(extra.edb)
+    assert h.directory_guid == str(again.guid)  # it now belongs to the object it was restored under
