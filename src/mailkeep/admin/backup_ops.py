@@ -6,6 +6,7 @@ administrators may list and remove jobs too (they manage the server).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mailkeep.admin.registry import Context, Param, operation
@@ -65,3 +66,45 @@ def schedule_run(ctx: Context, name: str) -> dict[str, Any]:
         ctx.store.mount_intended()
     res = schedule.run(ctx.store, ctx.data, name)
     return {"ok": res.ok, "set": res.set.number, "errors": res.errors, "report": res.report}
+
+
+# -- restore (the guide: restores need full Exchange administrator rights) -----------------------
+@operation("backup.restore", "POST", "/backup/restore", "restore databases from backup media", FULL, params=(
+    Param("media", "string", True, doc="absolute path on the server's machine"), Param("set", "integer", True),
+    Param("selection", "array", True), Param("temp", doc="temporary folder for logs and restore.env"),
+    Param("last", "boolean", doc="Last Restore Set: start hard recovery"),
+    Param("mount", "boolean", doc="mount the databases afterwards (with last)"),
+    Param("keep_damaged", doc="move the existing database files to this folder first"),
+    Param("roll_forward", "boolean", doc="with last: also replay the storage group's own logs (default true)")),
+    exclusive=False)
+def backup_restore(ctx: Context, media: str, set: int, selection: list[str], temp: str | None,  # noqa: A002
+                   last: bool | None, mount: bool | None, keep_damaged: str | None,
+                   roll_forward: bool | None) -> dict[str, Any]:
+    from mailkeep.backup import restore
+
+    res = restore.restore(ctx.store, media, set, selection, temp or default_temp(ctx.data), last=bool(last),
+                          mount=bool(mount), keep_damaged=keep_damaged, roll_forward=roll_forward is not False,
+                          local=ctx.local)
+    return {"report": res.report, "folders": res.folders, "files": res.files, "bytes": res.bytes,
+            "mounted": res.mounted, "notes": res.notes,
+            "recovered": [_hr(r) for r in res.recovered]}
+
+
+@operation("restore.hard-recovery", "POST", "/backup/hard-recovery",
+           "hard recovery from a restore's temporary folder (eseutil /cc)", FULL, params=(
+               Param("temp", "string", True), Param("keep", "boolean", doc="/k: keep restore.env"),
+               Param("roll_forward", "boolean", doc="false = /t: only the restored logs")), exclusive=False)
+def hard_recovery(ctx: Context, temp: str, keep: bool | None, roll_forward: bool | None) -> dict[str, Any]:
+    from mailkeep.backup import restore
+
+    return _hr(restore.hard_recovery(ctx.store, temp, keep=bool(keep), roll_forward=roll_forward is not False))
+
+
+def default_temp(data: str) -> str:
+    return os.path.join(data, "restore")
+
+
+def _hr(r: Any) -> dict[str, Any]:
+    return {"folder": r.folder, "storage_group": r.storage_group, "databases": r.databases,
+            "restored_logs": list(r.restored_logs), "rolled_to": r.rolled_to, "stopped": r.stopped,
+            "kept_env": r.kept_env}

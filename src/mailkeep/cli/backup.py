@@ -22,6 +22,7 @@ from mailkeep.admin.registry import BadRequest
 from mailkeep.admin.roles import AccessDenied
 from mailkeep.backup import catalog, job, report
 from mailkeep.backup.media import MediaError, MediaReader, verify
+from mailkeep.backup.restore import RestoreError
 from mailkeep.backup.stream import RemoteBackupError, remote_source
 from mailkeep.cli.target import TOKEN, RemoteError, running_server, target, tls_client
 from mailkeep.directory.backend import DirectoryError
@@ -59,6 +60,18 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--cafile", metavar="PEM", help="trust this certificate for an https --server (default "
                    "$MAILKEEP_CAFILE, else the system's trust store)")
     r.add_argument("--json", action="store_true")
+    rs = bs.add_parser("restore", help="restore databases from a set; --last-restore-set starts hard recovery")
+    rs.add_argument("selection", nargs="+", metavar="SELECTION",
+                    help="'SERVER/Information Store[/STORAGE GROUP[/DATABASE]]' as the media name it")
+    rs.add_argument("--media", required=True, metavar="FILE")
+    rs.add_argument("--set", type=int, required=True, metavar="N")
+    rs.add_argument("--temp", metavar="DIR", help="temporary folder for logs and restore.env (default "
+                    "DATA/restore); one per normal or copy set; the same one for its incrementals/differentials")
+    rs.add_argument("--last-restore-set", action="store_true", help="the last set of the series: hard recovery now")
+    rs.add_argument("--mount", action="store_true", help="mount after hard recovery (the guide advises not to)")
+    rs.add_argument("--keep-damaged", metavar="DIR", help="move the existing database files here first "
+                    "(same file system)")
+    rs.add_argument("--json", action="store_true")
     v = bs.add_parser("verify", help="re-read a set (or every set) and compare checksums")
     v.add_argument("--media", required=True, metavar="FILE")
     v.add_argument("--set", type=int)
@@ -102,9 +115,11 @@ def main(ns: argparse.Namespace, *, data: str, out: TextIO | None = None) -> int
             return _catalog(ns, out)
         if ns.action == "schedule":
             return _schedule(ns, data, out)
+        if ns.action == "restore":
+            return _restore(ns, data, out)
         return _report(ns, out)
     except (MediaError, job.SelectionError, job.BackupFailed, RemoteBackupError, ConfigError, StoreError, EseError,
-            DirectoryError, RemoteError, AccessDenied, BadRequest, ValueError) as e:
+            DirectoryError, RemoteError, AccessDenied, BadRequest, ValueError, RestoreError) as e:
         print(f"mailkeep backup {ns.action}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -341,6 +356,29 @@ def _schedule(ns: argparse.Namespace, data: str, out: TextIO) -> int:
         return 0 if res["ok"] else 1
     finally:
         t.close()
+
+
+def _restore(ns: argparse.Namespace, data: str, out: TextIO) -> int:
+    if ns.mount and not ns.last_restore_set:
+        raise MediaError("--mount needs --last-restore-set: a database is mounted only after hard recovery")
+    t = target(data, getattr(ns, "user", None))
+    try:
+        res = t.call("backup.restore", {
+            "media": os.path.abspath(ns.media), "set": ns.set, "selection": ns.selection,
+            "temp": os.path.abspath(ns.temp) if ns.temp else None, "last": ns.last_restore_set,
+            "mount": ns.mount, "keep_damaged": os.path.abspath(ns.keep_damaged) if ns.keep_damaged else None})
+    finally:
+        t.close()
+    if ns.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=2), file=out)
+        return 0
+    out.write(res["report"])
+    if not ns.last_restore_set:
+        for folder in res["folders"]:
+            print(f"Logs and restore.env are in {folder}. Restore the incremental or differential sets of this series "
+                  f"into the same --temp, then run 'mailkeep eseutil /cc {folder}' (or restore the last one with "
+                  "--last-restore-set).", file=out)
+    return 0
 
 
 def _report(ns: argparse.Namespace, out: TextIO) -> int:

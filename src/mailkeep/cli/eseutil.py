@@ -3,6 +3,7 @@
     /mh FILE        database header            /ml LOG   log header, records, integrity
     /mk CHK         checkpoint file            /r ENN    soft recovery
                                                  [/l LOGPATH] [/s SYSPATH] [/d [DBFOLDER]] [/i]
+    /cc [TEMP] [/k] [/t]  hard recovery of a restore (restore.env)
 Switch values may be attached (/lD:\\logs style: /l/var/logs) or follow as the next word.
 Success ends with "Operation completed successfully in N seconds."; failure with the ESE
 number and name, and a non-zero exit.
@@ -17,11 +18,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mailkeep import __version__
+from mailkeep.admin.roles import AccessDenied
+from mailkeep.backup.restore import RestoreError
+from mailkeep.cli.target import RemoteError
 from mailkeep.engine import dump
 from mailkeep.engine.errors import EseError
 from mailkeep.engine.logreader import read_header
 from mailkeep.engine.storagegroup import PREFIXES, RecoveryOptions, StorageGroup, StorageGroupConfig
 from mailkeep.eventlog import EventLog
+from mailkeep.store.errors import StoreError
+from mailkeep.store.server import ConfigError
 
 BANNER = [
     "Mailkeep Server Database Utilities",
@@ -36,6 +42,9 @@ USAGE = """usage: mailkeep eseutil MODE ...
   /mk CHK                          dump a checkpoint file
   /r ENN [/l PATH] [/s PATH] [/d [FOLDER]] [/i]
                                    soft recovery: replay the logs of prefix ENN into its databases
+  /cc [TEMP] [/k] [/t]             hard recovery from a restore's folder (restore.env): the restored
+                                   logs, then the storage group's own (/t: only the restored ones);
+                                   /k keeps restore.env
 Switches are case-insensitive (/MH = /mh)."""
 
 
@@ -123,7 +132,41 @@ def recover(args: RecoverArgs, events: EventLog) -> Iterator[str]:
         yield "    No database needed replay."
 
 
-def run(words: Sequence[str], events: EventLog) -> Iterator[str]:
+def hard_recovery(words: list[str], data: str) -> Iterator[str]:
+    """/cc [TEMP] [/k] [/t]: the guide's "How to Run Eseutil /cc" — through the running
+    server when there is one (it owns the storage group), else on the files."""
+    temp, keep, roll = ".", False, True
+    for w in words:
+        lw = w.lower()
+        if lw in ("/k", "-k"):
+            keep = True
+        elif lw in ("/t", "-t"):
+            roll = False
+        elif _is_switch(w):
+            raise UsageError(f"unknown switch {w!r} for /cc (it takes [TEMP] [/k] [/t])")
+        else:
+            temp = w
+    from mailkeep.cli.target import target
+
+    t = target(data)
+    try:
+        r = t.call("restore.hard-recovery", {"temp": os.path.abspath(temp), "keep": keep, "roll_forward": roll})
+    finally:
+        t.close()
+    yield "Initiating RECOVERY mode..."
+    yield f"    Restore folder: {r['folder']}"
+    yield f"    Storage group: {r['storage_group']}"
+    yield f"    Restored logs: generations {r['restored_logs'][0]}-{r['restored_logs'][1]}"
+    if r["rolled_to"] > r["restored_logs"][1]:
+        yield f"    Then the storage group's own logs up to generation {r['rolled_to']}"
+    if r["stopped"]:
+        yield f"    Roll-forward stopped: {r['stopped']}"
+    yield "    Databases now in Clean Shutdown:"
+    yield from (f"        {d}" for d in r["databases"])
+    yield f"    restore.env {'kept (/k)' if r['kept_env'] else 'deleted'}"
+
+
+def run(words: Sequence[str], events: EventLog, data: str = ".") -> Iterator[str]:
     """The output lines of one eseutil command (raises EseError or UsageError)."""
     if not words:
         raise UsageError("no mode given")
@@ -149,6 +192,8 @@ def run(words: Sequence[str], events: EventLog) -> Iterator[str]:
         return iter(["Initiating FILE DUMP mode...", ""] + fn(path))
     if mode in ("/r", "-r"):
         return recover(parse_recover(rest), events)
+    if mode in ("/cc", "-cc"):
+        return hard_recovery(rest, data)
     raise UsageError(f"unknown or not yet available mode {words[0]!r}")
 
 
@@ -159,11 +204,16 @@ def main(argv: Sequence[str], *, data: str) -> int:
     t0 = time.monotonic()
     events = EventLog(os.path.join(data, "events.jsonl") if os.path.isdir(data) else None)
     try:
-        for line in run(argv, events):
+        for line in run(argv, events, data):
             print(line, file=out)
     except UsageError as e:
         print(f"eseutil: {e}\n\n{USAGE}", file=out)
         return 2
+    except (RestoreError, RemoteError, AccessDenied, StoreError, ConfigError) as e:
+        secs = time.monotonic() - t0
+        print(f"\nERROR: {e}", file=out)
+        print(f"Operation terminated after {secs:.2f} seconds.", file=out)
+        return 1
     except EseError as e:
         secs = time.monotonic() - t0
         print("", file=out)

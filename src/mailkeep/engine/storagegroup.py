@@ -418,6 +418,15 @@ class StorageGroup:
             return None
         db = Database(self.io, edb, stm)
         db.open()
+        if db.header.backups.get("patch_current_full") is not None:
+            # Restored from an online backup, waiting for hard recovery (eseutil /cc), which
+            # replays the restored logs and then these: soft recovery must not touch it, and
+            # the logs it will need are kept (it holds the checkpoint until it is mounted).
+            db.close()
+            self._failed_hold[key] = min(lsn(start_gen, HEADER_SIZE), self._failed_hold.get(key, 1 << 62))
+            self.events.info(SOURCE, 498, f"database {edb} was restored from backup and waits for hard recovery "
+                             "(eseutil /cc); soft recovery leaves it alone and keeps the logs it will need.")
+            return None
         if db.header.signature != a.signature:
             db.close()
             mismatch(f"has signature {db.header.signature}")

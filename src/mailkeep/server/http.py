@@ -289,12 +289,13 @@ def _error(status: int, error: str, message: str, *, headers: dict[str, str] | N
 def _failure(op: Operation, e: Exception) -> web.Response:
     from mailkeep.backup.job import BackupFailed, SelectionError
     from mailkeep.backup.media import MediaError
+    from mailkeep.backup.restore import RestoreError
     from mailkeep.backup.schedule import NoSuchJob
     from mailkeep.store.fti import FtiError
 
     if isinstance(e, NoSuchJob):
         return _error(404, "NotFound", str(e))
-    if isinstance(e, (MediaError, BackupFailed, FtiError)):
+    if isinstance(e, (MediaError, BackupFailed, FtiError, RestoreError)):
         return _error(409, type(e).__name__, str(e))
     if isinstance(e, SelectionError):
         return _error(400, "BadRequest", str(e))
