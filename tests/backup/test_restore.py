@@ -182,3 +182,16 @@ def test_a_recreated_database_object_needs_the_overwrite_flag(store: Store, tmp_
     assert res.mounted == ["First Storage Group/Extra Store"]
     h, _ = read_header(extra.edb)
     assert h.directory_guid == str(again.guid)  # it now belongs to the object it was restored under
+
+
+def test_to_server_names_the_receiving_server(store: Store, tmp_path: Path) -> None:
+    from mailkeep.admin.registry import Context, invoke, load
+    from mailkeep.admin.roles import SERVICE
+
+    load()
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(2))
+    assert run(store, media, [SG], Options()).ok
+    ctx = Context(SERVICE, store.server.data, store=store, local=True)
+    with pytest.raises(RestoreError, match="--to-server EX2: this is server EX1. Run the restore against EX2's data"):
+        invoke(ctx, "backup.restore", {"media": media, "set": 1, "selection": [SG], "to_server": "EX2"})

@@ -75,12 +75,18 @@ def schedule_run(ctx: Context, name: str) -> dict[str, Any]:
     Param("last", "boolean", doc="Last Restore Set: start hard recovery"),
     Param("mount", "boolean", doc="mount the databases afterwards (with last)"),
     Param("keep_damaged", doc="move the existing database files to this folder first"),
-    Param("roll_forward", "boolean", doc="with last: also replay the storage group's own logs (default true)")),
+    Param("roll_forward", "boolean", doc="with last: also replay the storage group's own logs (default true)"),
+    Param("to_server", doc="the server meant to receive the restore: refused if it is not this one")),
     exclusive=False)
 def backup_restore(ctx: Context, media: str, set: int, selection: list[str], temp: str | None,  # noqa: A002
                    last: bool | None, mount: bool | None, keep_damaged: str | None,
-                   roll_forward: bool | None) -> dict[str, Any]:
+                   roll_forward: bool | None, to_server: str | None) -> dict[str, Any]:
     from mailkeep.backup import restore
+
+    here = ctx.store.server.name
+    if to_server and to_server.lower() != here.lower():
+        raise restore.RestoreError(f"--to-server {to_server}: this is server {here}. Run the restore against "
+                                   f"{to_server}'s data folder (--data) or its running server")
 
     res = restore.restore(ctx.store, media, set, selection, temp or default_temp(ctx.data), last=bool(last),
                           mount=bool(mount), keep_damaged=keep_damaged, roll_forward=roll_forward is not False,

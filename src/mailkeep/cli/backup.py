@@ -71,6 +71,8 @@ def add_parser(sub: Any) -> None:
     rs.add_argument("--mount", action="store_true", help="mount after hard recovery (the guide advises not to)")
     rs.add_argument("--keep-damaged", metavar="DIR", help="move the existing database files here first "
                     "(same file system)")
+    rs.add_argument("--to-server", metavar="NAME", help="the server meant to receive the restore (a check: the "
+                    "restore goes to the data folder's server, whose names must match the media's)")
     rs.add_argument("--json", action="store_true")
     v = bs.add_parser("verify", help="re-read a set (or every set) and compare checksums")
     v.add_argument("--media", required=True, metavar="FILE")
@@ -366,7 +368,8 @@ def _restore(ns: argparse.Namespace, data: str, out: TextIO) -> int:
         res = t.call("backup.restore", {
             "media": os.path.abspath(ns.media), "set": ns.set, "selection": ns.selection,
             "temp": os.path.abspath(ns.temp) if ns.temp else None, "last": ns.last_restore_set,
-            "mount": ns.mount, "keep_damaged": os.path.abspath(ns.keep_damaged) if ns.keep_damaged else None})
+            "mount": ns.mount, "keep_damaged": os.path.abspath(ns.keep_damaged) if ns.keep_damaged else None,
+            "to_server": ns.to_server})
     finally:
         t.close()
     if ns.json:
