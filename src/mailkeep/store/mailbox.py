@@ -80,6 +80,23 @@ class Mailbox:
         self.store = store
         self.info = info
         self.guid = guid
+        self._fids: dict[str, int] = {}  # normalised path -> folder id, checked at each use
+
+    def _fid(self, r: Any, db: Any, path: str) -> int:
+        """A folder's id for the hot paths (a FETCH per message): the cached id is used only
+        after its row and every parent up to the root are read again and still spell the path
+        (so a rename, move or delete elsewhere is never missed); otherwise the whole tree is
+        read as :meth:`folder` does."""
+        want = _normpath(path)
+        fid = self._fids.get(want)
+        if fid is not None and _spells(r, db, self.guid, fid, want):
+            return fid
+        self._fids.pop(want, None)
+        fid = self.folder(path).fid
+        if len(self._fids) > 256:
+            self._fids.clear()
+        self._fids[want] = fid
+        return fid
 
     @contextmanager
     def _write(self) -> Iterator[tuple[Any, Any]]:
@@ -188,9 +205,9 @@ class Mailbox:
     @contextmanager
     def fetch(self, path: str, uid: int) -> Iterator[StreamReader]:
         """The message's bytes, streamed (and checked against their SHA-256 at the end)."""
-        f = self.folder(path)
         with self.store.read(self.info) as (r, db):
-            row = r.get(db, "message", (self.guid, f.fid, uid))
+            fid = self._fid(r, db, path)
+            row = r.get(db, "message", (self.guid, fid, uid))
             if row is None:
                 raise StoreError(MAPI_E_NOT_FOUND, f"no message with UID {uid} in {path}")
             c = r.get(db, "content", (row["content"],))
@@ -315,6 +332,23 @@ def _special(txn: Any, db: Any, guid: str, special: str, now: float | None = Non
     from mailkeep.store.delivery import special_fid
 
     return special_fid(txn, db, guid, special, time.time() if now is None else now)
+
+
+def _spells(r: Any, db: Any, guid: str, fid: int, want: str) -> bool:
+    """Whether folder ``fid`` still has the normalised path ``want`` (read up to the root)."""
+    names: list[str] = []
+    seen: set[int] = set()
+    cur = fid
+    while cur != schema.ROOT_FID:
+        if cur in seen or len(seen) > 64:
+            return False
+        seen.add(cur)
+        row = r.get(db, "folder", (guid, cur))
+        if row is None:
+            return False
+        names.append("inbox" if row["special"] == "inbox" else str(row["name"]).lower())
+        cur = int(row["parent"])
+    return "/".join(reversed(names)) == want
 
 
 def _normpath(path: str) -> str:
