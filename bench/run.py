@@ -24,6 +24,7 @@ import delivery
 import directory
 import mail
 import recovery
+import restore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "out")
@@ -144,7 +145,7 @@ def fsync_probe(seconds: float = 1.0) -> dict[str, float]:
 # -- report --------------------------------------------------------------------------------
 def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[str, Any], r: dict[str, Any],
                     minutes: float, dl: dict[str, Any], dv: dict[str, Any], ml: dict[str, Any],
-                    bk: dict[str, Any]) -> str:
+                    bk: dict[str, Any], rs: dict[str, Any]) -> str:
     probe = ", ".join(f"median {p['median_us']:.0f} µs / p90 {p['p90_us']:.0f} µs" for p in probes)
     return "\n".join([
         BEGIN,
@@ -183,6 +184,10 @@ def results_section(m: dict[str, Any], probes: list[dict[str, float]], c: dict[s
         "### Full online backup against cp and tar (the same database and log files, on the same disk)",
         "",
         backup.markdown(bk),
+        "",
+        "### Restore and replay (a mailbox store lost and restored; delivery produced the logs it replays)",
+        "",
+        restore.markdown(rs),
         END,
     ])
 
@@ -229,13 +234,16 @@ def main() -> int:
     ml = mail.measure(log=log)
     log("online backup against cp and tar (bench/backup.py)")
     bk = backup.measure(log=log)
+    log("restore and replay (bench/restore.py)")
+    rs = restore.measure(log=log)
     probes.append(fsync_probe())
     minutes = (time.perf_counter() - t0) / 60
-    section = results_section(m, probes, c, r, minutes, dl, dv, ml, bk)
+    section = results_section(m, probes, c, r, minutes, dl, dv, ml, bk, rs)
     rewrite_readme(section)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"machine": m, "fsync_probe": probes, "commit": c, "recovery": r, "directory": dl,
-                   "delivery": dv, "mail": ml, "backup": bk, "minutes": minutes}, f,
+                   "delivery": dv, "mail": ml, "backup": bk, "restore": rs,
+                   "minutes": minutes}, f,
                   indent=1, default=str)
     log(section)
     log(f"bench/README.md rewritten ({minutes:.1f} min)")
