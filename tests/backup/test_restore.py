@@ -195,3 +195,19 @@ def test_to_server_names_the_receiving_server(store: Store, tmp_path: Path) -> N
     ctx = Context(SERVICE, store.server.data, store=store, local=True)
     with pytest.raises(RestoreError, match="--to-server EX2: this is server EX1. Run the restore against EX2's data"):
         invoke(ctx, "backup.restore", {"media": media, "set": 1, "selection": [SG], "to_server": "EX2"})
+
+
+def test_normal_then_differential(store: Store, tmp_path: Path) -> None:
+    """The other chain of the guide: the last normal set and the last differential set."""
+    media = str(tmp_path / "m.bkf")
+    ids = deliver(store, range(0, 10))
+    assert run(store, media, [SG], Options()).ok
+    ids += deliver(store, range(10, 60))
+    assert run(store, media, [SG], Options(kind="differential")).ok
+    ids += deliver(store, range(60, 80))
+    assert run(store, media, [SG], Options(kind="differential")).ok  # each holds all since the normal
+    lose(store)
+    temp = str(tmp_path / "t")
+    restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    res = restore(store, media, 3, [SG], temp, last=True, mount=True, roll_forward=False)  # the last one only
+    assert res.mounted and inbox(store) == sorted(ids)

@@ -116,6 +116,8 @@ class SetInfo:
                 check_name(e.name)
                 if not isinstance(e.size, int) or e.size < 0 or not isinstance(e.sha256, str):
                     raise ValueError(f"entry {e.name!r} has a bad size or checksum")
+                if not isinstance(e.role, str) or not isinstance(e.meta, dict) or not isinstance(e.compression, str):
+                    raise ValueError(f"entry {e.name!r} has a bad role, compression or meta")
         except (TypeError, ValueError, AttributeError) as e:
             raise MediaError(f"a set catalog on the media is malformed ({e})") from None
         return info
@@ -545,8 +547,12 @@ class MediaReader:
                 import zstandard
 
                 reader = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(_IterReader(raw)))
-                while chunk := reader.read(CHUNK):
-                    yield chunk
+                try:
+                    while chunk := reader.read(CHUNK):
+                        yield chunk
+                except zstandard.ZstdError as err:
+                    raise MediaError(f"{e.name}: its compressed data on the media are damaged ({err}); restore "
+                                     "another set, or other media") from None
             elif e.compression:
                 raise MediaError(f"{e.name}: unknown compression {e.compression!r}")
             else:

@@ -13,7 +13,10 @@ group stay mounted throughout.
 
 Invariants:
 - Everything is checked before anything is written: names, mounted targets, GUIDs and the
-  overwrite flag, the temporary folder, space, the chain of sets (order and gaps).
+  overwrite flag, the temporary folder, space, the chain of sets (order and gaps), the
+  catalog's records and generation numbers, the members on the media. Every file's SHA-256 is
+  checked as it is read; the logs are restored first, and a database's two files replace the
+  target's only when both were read whole and matched (a failed restore removes its logs).
 - Media are hostile until checked: target paths come from the directory objects and log
   generation numbers, never from names on the media; nothing is written outside the targets.
 - Hard recovery is idempotent (replay skips what a database holds), so an interrupted one is
@@ -22,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -179,6 +183,7 @@ def _plan(store: Store, s: SetInfo, selection: list[str], temp: str) -> list[_Gr
     if s.status != "complete":
         raise RestoreError(f"backup set #{s.number} is incomplete (its backup did not finish); restore another set")
     full = s.kind in ("normal", "copy")
+    _check_records(s)
     chosen = _selected(s, selection)
     plans = []
     for rec in s.extra.get("storage_groups", []):
@@ -187,6 +192,7 @@ def _plan(store: Store, s: SetInfo, selection: list[str], temp: str) -> list[_Gr
         if rec.get("status") != "complete":
             raise RestoreError(f"storage group {rec['name']} failed in backup set #{s.number} ({rec.get('status')}); "
                                "it cannot be restored from this set")
+        _check_record(s, rec)
         try:
             sg = srv.storage_group(rec["name"])
         except Exception:
@@ -207,8 +213,7 @@ def _plan(store: Store, s: SetInfo, selection: list[str], temp: str) -> list[_Gr
                     f"{srv.name} (it has: {have}). Rename a database or create one with this name, then restore "
                     "again.")
             targets.append((d, t))
-        logs = sorted((e for e in s.entries if e.role == "log" and _in_group(e, rec["name"])),
-                      key=lambda e: int(e.meta.get("generation", 0)))
+        logs = _logs(s, rec)
         files: dict[str, list[Entry]] = {}
         for e in s.entries:
             if e.role in ("edb", "stm", "patch") and _in_group(e, rec["name"]):
@@ -224,6 +229,68 @@ def _plan(store: Store, s: SetInfo, selection: list[str], temp: str) -> list[_Gr
     if not plans:
         raise RestoreError(f"the selection names nothing in backup set #{s.number}")
     return plans
+
+
+def _malformed(s: SetInfo, what: str, group: str | None = None) -> MediaError:
+    where = f"record of storage group {group} is" if group else "storage group records are"
+    return MediaError(f"backup set #{s.number}: the catalog's {where} malformed ({what}); nothing can be restored "
+                      "from it. Restore another set, or other media ('mailkeep backup verify' checks them)")
+
+
+def _is_gen(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_records(s: SetInfo) -> None:
+    """The storage group records are read before anything else: media are hostile until
+    checked, and a field of the wrong type is a refusal with a message, never a crash."""
+    recs = s.extra.get("storage_groups", []) if isinstance(s.extra, dict) else None
+    if not isinstance(recs, list):
+        raise _malformed(s, "not a list")
+    for rec in recs:
+        if not isinstance(rec, dict) or not isinstance(rec.get("name"), str) or not rec["name"]:
+            raise _malformed(s, "a record without a name")
+        dbs = rec.get("databases", [])
+        if not isinstance(dbs, list) or not all(
+                isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("name", "guid", "signature", "edb",
+                                                                                "stm"))
+                for d in dbs):
+            raise _malformed(s, "a database record with a missing or wrong field", rec["name"])
+
+
+def _check_record(s: SetInfo, rec: dict[str, Any]) -> None:
+    """A complete storage group's record, as restore and restore.env use it. (Its database
+    paths are kept in restore.env as where the database was; they are never opened.)"""
+    name = rec["name"]
+    for key in ("low_gen", "high_gen"):
+        if not _is_gen(rec.get(key)):
+            raise _malformed(s, f"{key} {rec.get(key)!r} is not a generation number", name)
+    if rec["low_gen"] > rec["high_gen"]:
+        raise _malformed(s, f"low_gen {rec['low_gen']} is above high_gen {rec['high_gen']}", name)
+    if not isinstance(rec.get("log_signature"), str):
+        raise _malformed(s, "no log signature", name)
+
+
+def _logs(s: SetInfo, rec: dict[str, Any]) -> list[Entry]:
+    """The group's log entries in order; their generation numbers (the only thing a restored
+    log's file name comes from) must be exactly the record's range."""
+    found: list[tuple[int, Entry]] = []
+    for e in s.entries:
+        if e.role == "log" and _in_group(e, rec["name"]):
+            g = e.meta.get("generation")
+            if not isinstance(g, int) or not _is_gen(g):
+                raise MediaError(f"log entry {e.name!r} of set #{s.number} has generation {g!r}, not a generation "
+                                 "number: the catalog is damaged. Restore another set, or other media")
+            found.append((g, e))
+    found.sort(key=lambda x: x[0])
+    gens = [g for g, _e in found]
+    if gens != list(range(rec["low_gen"], rec["high_gen"] + 1)):
+        have = "none" if not gens else (f"{gens[0]}-{gens[-1]}" if gens == list(range(gens[0], gens[-1] + 1))
+                                        else ", ".join(map(str, gens[:10])))
+        raise MediaError(f"backup set #{s.number} holds log generations {have} of {rec['name']} where its catalog "
+                         f"says {rec['low_gen']}-{rec['high_gen']}: the catalog is damaged. Restore another set, or "
+                         "other media")
+    return [e for _g, e in found]
 
 
 def _in_group(e: Entry, sg_name: str) -> bool:
@@ -315,31 +382,43 @@ def restore(store: Store, media: str, set_no: int, selection: list[str], temp: s
     _check(store, s, plans, reader.header.guid, local=local)
     if keep_damaged:
         _check_keep(plans, keep_damaged)
+    full = s.kind in ("normal", "copy")
+    _check_media(reader, s, plans)
     res = RestoreResult(s)
     started = time.time()
     store.events.info(SOURCE, 204, f"Restore of backup set #{s.number} ({s.kind}) from {media} begins.")
-    full = s.kind in ("normal", "copy")
+    written: list[str] = []  # logs and folders this restore created, removed again if it fails
     try:
+        # the logs first (each checked against its SHA-256): a damaged one stops the restore
+        # before a database file is replaced
         for p in plans:
-            os.makedirs(p.folder, exist_ok=True)
-            if full:
-                for d, t in p.targets:
-                    if keep_damaged:
-                        res.notes.append(_keep(t, keep_damaged))
-                    n, b = _restore_database(reader, s, p, d, t, progress)
-                    res.files += n
-                    res.bytes += b
+            if not os.path.isdir(p.folder):
+                os.makedirs(p.folder)
+                written.append(p.folder)
             for e in p.logs:
-                g = int(e.meta.get("generation", 0))
-                if g < 1:
-                    raise MediaError(f"log entry {e.name!r} carries no generation number")
-                dest = os.path.join(p.folder, gen_file_name(p.sg.prefix, g))
+                dest = os.path.join(p.folder, gen_file_name(p.sg.prefix, int(e.meta["generation"])))
+                new = not os.path.exists(dest)
                 _write(reader, s.number, e, dest, progress)
+                if new:
+                    written.append(dest)
                 res.files += 1
                 res.bytes += e.size
+        if full:
+            for p in plans:
+                for d, t in p.targets:
+                    n, b = _restore_database(reader, s, p, d, t, progress, keep_damaged, res.notes)
+                    res.files += n
+                    res.bytes += b
+        written.clear()  # the files are in place: from here on they belong to the restore
+        for p in plans:
             _update_env(store, p, s, reader.header.guid)
             res.folders.append(p.folder)
     except BaseException as e:
+        for path in reversed(written):
+            try:
+                os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+            except OSError:
+                pass
         store.events.error(SOURCE, 205, f"Restore of backup set #{s.number} from {media} failed: {e}")
         res.report = _report(res, media, started, error=str(e))
         raise
@@ -357,23 +436,76 @@ def restore(store: Store, media: str, set_no: int, selection: list[str], temp: s
     return res
 
 
-def _restore_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
-                      progress: Callable[[str, int], None] | None) -> tuple[int, int]:
+def _database_entries(s: SetInfo, p: _GroupPlan, d: dict[str, Any]) -> dict[str, Entry]:
     entries = {e.role: e for e in p.files.get(d["name"], [])}
     missing = [r for r in ("edb", "stm", "patch") if r not in entries]
     if missing:
-        raise MediaError(f"backup set #{s.number} lacks the {', '.join(missing)} of {d['name']}")
+        raise MediaError(f"backup set #{s.number} lacks the {', '.join(missing)} of {d['name']}: restore another set, "
+                         "or other media")
+    return entries
+
+
+PATCH_LIMIT = 1 << 20
+
+
+def _read_patch(reader: MediaReader, s: SetInfo, name: str, e: Entry) -> dict[str, Any]:
+    bad = MediaError(f"the patch entry of {name} in set #{s.number} is malformed: restore another set, or other media")
+    if e.size > PATCH_LIMIT:
+        raise bad
+    raw = bytearray()
+    for chunk in reader.read_entry(s.number, e):
+        raw += chunk
+        if len(raw) > e.size:
+            raise bad
+    try:
+        patch = codec.decode(bytes(raw))
+    except (ValueError, TypeError, IndexError):
+        raise bad from None
+    if not isinstance(patch, dict) or not all(_is_gen(patch.get(k)) for k in ("low_gen", "high_gen")) \
+            or not isinstance(patch.get("log_signature"), str) or not isinstance(patch.get("time", 0.0), int | float):
+        raise bad
+    return patch
+
+
+def _check_media(reader: MediaReader, s: SetInfo, plans: list[_GroupPlan]) -> None:
+    """Before a byte is written: every entry the restore reads has its member on the media,
+    in a compression this Mailkeep reads, and the patch entries decode."""
+    full = s.kind in ("normal", "copy")
+    for p in plans:
+        used = list(p.logs)
+        for d, _t in p.targets if full else []:
+            entries = _database_entries(s, p, d)
+            used += entries.values()
+            _read_patch(reader, s, d["name"], entries["patch"])
+        for e in used:
+            reader.member(s.number, e)
+            if e.compression not in ("", "zstd"):
+                raise MediaError(f"{e.name}: unknown compression {e.compression!r}; restore it with the Mailkeep "
+                                 "version that wrote these media")
+
+
+def _restore_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
+                      progress: Callable[[str, int], None] | None, keep_damaged: str | None,
+                      notes: list[str]) -> tuple[int, int]:
+    entries = _database_entries(s, p, d)
+    patch = _read_patch(reader, s, d["name"], entries["patch"])
     for path in (t.edb, t.stm):
         os.makedirs(os.path.dirname(path), exist_ok=True)
+    # both files are read and checked before either replaces the target's
+    edb = _stage(reader, s.number, entries["edb"], t.edb, progress)
+    try:
+        stm = _stage(reader, s.number, entries["stm"], t.stm, progress)
+    except BaseException:
+        os.unlink(edb)
+        raise
+    if keep_damaged:
+        notes.append(_keep(t, keep_damaged))
     # the old database's WAL must never be applied to the restored image
     for stale in (t.edb + "-wal", t.edb + "-shm"):
         if os.path.exists(stale):
             os.unlink(stale)
-    _write(reader, s.number, entries["edb"], t.edb, progress)
-    _write(reader, s.number, entries["stm"], t.stm, progress)
-    patch = codec.decode(b"".join(reader.read_entry(s.number, entries["patch"])))
-    if not isinstance(patch, dict) or not {"low_gen", "high_gen", "log_signature"} <= set(patch):
-        raise MediaError(f"the patch entry of {d['name']} in set #{s.number} is malformed")
+    os.replace(edb, t.edb)
+    os.replace(stm, t.stm)
     db = Database(FileIO(), t.edb, t.stm)
     db.open()
     try:
@@ -390,21 +522,40 @@ def _restore_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[st
 
 
 def _write(reader: MediaReader, set_no: int, e: Entry, dest: str, progress: Callable[[str, int], None] | None) -> None:
-    """Stream an entry to ``dest`` (through a temporary name, fsync'd, then renamed)."""
+    """Stream an entry to ``dest`` (through a temporary name, checked, fsync'd, then renamed)."""
+    os.replace(_stage(reader, set_no, e, dest, progress), dest)
+
+
+def _stage(reader: MediaReader, set_no: int, e: Entry, dest: str, progress: Callable[[str, int], None] | None) -> str:
+    """Stream an entry to ``dest.restoring``, fsync'd, its size and SHA-256 checked against the
+    catalog; returns that name (removed again when anything fails)."""
     tmp = dest + ".restoring"
     n = 0
-    with open(tmp, "wb") as f:
-        for chunk in reader.read_entry(set_no, e):
-            f.write(chunk)
-            n += len(chunk)
-            if progress is not None:
-                progress(e.name, len(chunk))
-        f.flush()
-        os.fsync(f.fileno())
-    if n != e.size:
-        os.unlink(tmp)
-        raise MediaError(f"{e.name}: {n} bytes on the media where the catalog says {e.size}")
-    os.replace(tmp, dest)
+    sha = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in reader.read_entry(set_no, e):
+                n += len(chunk)
+                if n > e.size:  # never more than the catalog says (the space check counted that)
+                    raise MediaError(f"{e.name}: more than the {e.size} bytes its catalog says are on the media: the "
+                                     "media are damaged; restore another set, or other media")
+                f.write(chunk)
+                sha.update(chunk)
+                if progress is not None:
+                    progress(e.name, len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        if n != e.size:
+            raise MediaError(f"{e.name}: {n} bytes on the media where the catalog says {e.size}: the media are damaged "
+                             "('mailkeep backup verify' lists what is); restore another set, or other media")
+        if sha.hexdigest() != e.sha256:
+            raise MediaError(f"{e.name}: its SHA-256 on the media differs from the catalog's: the media are damaged "
+                             "('mailkeep backup verify' lists what is); restore another set, or other media")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _check_keep(plans: list[_GroupPlan], keep: str) -> None:
