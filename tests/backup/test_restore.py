@@ -211,3 +211,112 @@ def test_normal_then_differential(store: Store, tmp_path: Path) -> None:
     restore(store, media, 1, [f"{SG}/{DB}"], temp)
     res = restore(store, media, 3, [SG], temp, last=True, mount=True, roll_forward=False)  # the last one only
     assert res.mounted and inbox(store) == sorted(ids)
+
+
+# -- regressions from a review of the restore code --------------------------------------------------
+def test_after_slash_t_a_later_soft_recovery_does_not_add_a_gapped_tail(store: Store, tmp_path: Path) -> None:
+    """The old incarnation was attached in the logs from the checkpoint on (the server died with
+    it mounted). After a restore recovered with /t, reopening the storage group must not replay
+    that tail into the restored copy (it lacks everything between the backup and the checkpoint)."""
+    data = store.server.data
+    media = str(tmp_path / "m.bkf")
+    kept = deliver(store, range(0, 10))
+    assert run(store, media, [SG], Options()).ok
+    sg = store.group(store.server.storage_group("First Storage Group"))
+    deliver(store, range(10, 150))
+    sg.checkpoint()
+    deliver(store, range(150, 160))
+    for g in store.groups.values():
+        g.crash()  # killed with the mailbox store mounted
+    store.groups.clear()
+    store.mounted.clear()
+    info = store.server.database(DB)
+    for p in (info.edb, info.stm, info.edb + "-wal", info.edb + "-shm"):
+        if os.path.exists(p):
+            os.unlink(p)
+    s2 = Store.open(data, log_file_size=64 * 1024, directory=store.directory)
+    try:
+        temp = str(tmp_path / "t")
+        restore(s2, media, 1, [f"{SG}/{DB}"], temp)
+        hard_recovery(s2, temp, roll_forward=False)  # /t: only the restored logs
+    finally:
+        s2.close()
+    s3 = Store.open(data, log_file_size=64 * 1024, directory=store.directory)
+    try:
+        s3.mount(s3.server.database(DB))
+        assert inbox(s3) == sorted(kept)  # what the backup held, no gapped tail
+        assert any(e.id == 499 for e in s3.events.read(source="ESE"))
+    finally:
+        s3.close()
+
+
+def test_the_same_set_restored_twice_keeps_both_databases(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(3))
+    assert run(store, media, [SG], Options()).ok
+    for name in (DB, "Public Folder Store (EX1)"):
+        store.dismount(store.server.database(name))
+    temp = str(tmp_path / "t")
+    restore(store, media, 1, [f"{SG}/{DB}"], temp)
+    restore(store, media, 1, [f"{SG}/Public Folder Store (EX1)"], temp)
+    r = hard_recovery(store, temp)
+    assert sorted(r.databases) == [f"First Storage Group/{DB}", "First Storage Group/Public Folder Store (EX1)"]
+
+
+def test_hard_recovery_follows_the_target_when_names_differ_in_case(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    ids = deliver(store, range(3))
+    assert run(store, media, [SG], Options()).ok
+    lose(store)
+    store.server.rename_database(DB, "Interim")  # (a rename that changes only case is refused by the DN rules)
+    store.server.rename_database("Interim", DB.lower())
+    temp = str(tmp_path / "t")
+    res = restore(store, media, 1, [f"{SG}/{DB}"], temp, last=True, mount=True)
+    assert res.mounted == [f"First Storage Group/{DB.lower()}"] and inbox(store) == sorted(ids)
+
+
+def test_no_mount_while_restoring(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(3))
+    assert run(store, media, [SG], Options()).ok
+    lose(store)
+    info = store.server.database(DB)
+    seen: list[str] = []
+
+    def progress(name: str, n: int) -> None:
+        if not seen:
+            try:
+                store.mount(info)
+                seen.append("mounted")
+            except Exception as e:  # noqa: BLE001 - what a concurrent mount gets
+                seen.append(str(e))
+
+    restore(store, media, 1, [f"{SG}/{DB}"], str(tmp_path / "t"), progress=progress)
+    assert seen[0].endswith("is being restored (or hard-recovered); mount it when that has ended")
+    assert not store.is_mounted(info)
+
+
+def test_a_failure_on_a_later_database_leaves_every_target_as_it_was(store: Store, tmp_path: Path) -> None:
+    import hashlib
+
+    from mailkeep.backup.media import MediaError, MediaReader
+
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(3))
+    assert run(store, media, [SG], Options()).ok
+    for name in (DB, "Public Folder Store (EX1)"):
+        store.dismount(store.server.database(name))
+    rd = MediaReader(media)
+    e = next(x for x in rd.get_set(1).entries if x.name.endswith("pub1.stm"))
+    m = rd.member(1, e)
+    with open(media, "r+b") as f:  # the second database's file is damaged on the media
+        f.seek(m.offset_data + m.size - 1)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 1]))
+    priv = store.server.database(DB).edb
+    before = hashlib.sha256(open(priv, "rb").read()).hexdigest()
+    with pytest.raises(MediaError, match="pub1.stm: its SHA-256 on the media differs"):
+        restore(store, media, 1, [SG], str(tmp_path / "t"))
+    assert hashlib.sha256(open(priv, "rb").read()).hexdigest() == before  # the first was not replaced
+    assert not [n for n in os.listdir(os.path.dirname(priv)) if n.endswith(".restoring")]

@@ -385,7 +385,10 @@ def test_source_paths_on_the_media_are_never_used(store: Store, good: tuple[Path
     logs = {str(tmp_path / p) for p in ("data/events.jsonl", "state/backup.log")}
     folder = temp / SG_NAME
     diff = changed(before, tree(tmp_path))
-    assert diff == logs | {target.edb, target.stm, str(folder / ENV), str(folder / "E0000000001.log")}, sorted(diff)
+    # the database's files, the logs and restore.env; server.json: the restored database is not
+    # to be mounted before hard recovery
+    assert diff == logs | {target.edb, target.stm, str(folder / ENV), str(folder / "E0000000001.log"),
+                           str(tmp_path / "data" / "server.json")}, sorted(diff)
     env = json.loads((folder / ENV).read_text())
     assert [(d["source_edb"], d["source_stm"], d["dest_edb"], d["dest_stm"]) for d in env["databases"]] == [
         ("/etc/passwd", "/etc/shadow", target.edb, target.stm)]
@@ -410,11 +413,12 @@ def test_keep_damaged_moves_the_files_only_when_the_set_is_sound(store: Store, g
     media = craft(good[0], tmp_path / "damaged.bkf", damage("priv1.stm"))
     with pytest.raises(MediaError, match="priv1.stm: its SHA-256 on the media differs from the catalog's"):
         restore(store, str(media), 1, [f"{SG}/{DB}"], str(temp), keep_damaged=str(kept))
-    assert os.listdir(kept) == [] and sorted(os.listdir(os.path.dirname(target.edb))).count("priv1.stm") == 1
+    assert not kept.exists() and sorted(os.listdir(os.path.dirname(target.edb))).count("priv1.stm") == 1
     with open(target.edb, "rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == edb
     res = restore(store, str(good[0]), 1, [f"{SG}/{DB}"], str(temp), keep_damaged=str(kept), last=True, mount=True)
-    assert res.notes == [f"{SG_NAME}/{DB}: the existing files were moved to {kept} (Clean Shutdown)"]
+    dest = kept / SG_NAME / DB  # each database's files in a folder of their own
+    assert res.notes == [f"{SG_NAME}/{DB}: the existing files were moved to {dest} (Clean Shutdown)"]
     # (reading the old header for the note opens it: SQLite's side files go along)
-    assert set(had) <= set(os.listdir(kept)) <= {"priv1.edb", "priv1.stm", "priv1.edb-wal", "priv1.edb-shm"}
+    assert set(had) <= set(os.listdir(dest)) <= {"priv1.edb", "priv1.stm", "priv1.edb-wal", "priv1.edb-shm"}
     assert inbox(store) == good[1]

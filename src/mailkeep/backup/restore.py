@@ -67,6 +67,7 @@ class EnvDatabase:
     source_stm: str
     dest_edb: str
     dest_stm: str
+    target_guid: str = ""  # the target object's GUID (the media's is ``guid``)
 
 
 @dataclass
@@ -382,10 +383,22 @@ def restore(store: Store, media: str, set_no: int, selection: list[str], temp: s
     _check(store, s, plans, reader.header.guid, local=local)
     if keep_damaged:
         _check_keep(plans, keep_damaged)
-    full = s.kind in ("normal", "copy")
     _check_media(reader, s, plans)
     res = RestoreResult(s)
     started = time.time()
+    guids = [t.guid for p in plans for _d, t in p.targets]
+    store.begin_restore(guids)  # no mount of these (and no other restore into them) until it ends
+    try:
+        return _restore(store, reader, s, plans, media, started, res, last=last, mount=mount,
+                        keep_damaged=keep_damaged, roll_forward=roll_forward, progress=progress)
+    finally:
+        store.end_restore(guids)
+
+
+def _restore(store: Store, reader: MediaReader, s: SetInfo, plans: list[_GroupPlan], media: str, started: float,
+             res: RestoreResult, *, last: bool, mount: bool, keep_damaged: str | None, roll_forward: bool,
+             progress: Callable[[str, int], None] | None) -> RestoreResult:
+    full = s.kind in ("normal", "copy")
     store.events.info(SOURCE, 204, f"Restore of backup set #{s.number} ({s.kind}) from {media} begins.")
     written: list[str] = []  # logs and folders this restore created, removed again if it fails
     try:
@@ -404,11 +417,17 @@ def restore(store: Store, media: str, set_no: int, selection: list[str], temp: s
                 res.files += 1
                 res.bytes += e.size
         if full:
+            # every database's two files are staged and checked first; only then does any
+            # replace a target's (a failure part-way leaves every target as it was)
+            staged = []
             for p in plans:
                 for d, t in p.targets:
-                    n, b = _restore_database(reader, s, p, d, t, progress, keep_damaged, res.notes)
-                    res.files += n
-                    res.bytes += b
+                    staged.append((p, d, t, _stage_database(reader, s, p, d, t, progress, written)))
+            for p, d, t, files in staged:
+                store.server.set_mount_intended(t, False)  # mounted again only after hard recovery
+                n, b = _install_database(reader, s, p, d, t, files, keep_damaged, res.notes)
+                res.files += n
+                res.bytes += b
         written.clear()  # the files are in place: from here on they belong to the restore
         for p in plans:
             _update_env(store, p, s, reader.header.guid)
@@ -426,8 +445,9 @@ def restore(store: Store, media: str, set_no: int, selection: list[str], temp: s
                       f"{res.files} file(s), {res.bytes:,} bytes.")
     if last:
         for folder in res.folders:
-            res.recovered.append(hard_recovery(store, folder, roll_forward=roll_forward))
+            res.recovered.append(hard_recovery(store, folder, roll_forward=roll_forward, _held=True))
         if mount:
+            store.end_restore([t.guid for p in plans for _d, t in p.targets])
             for p in plans:
                 for _d, t in p.targets:
                     store.mount(t)
@@ -484,28 +504,32 @@ def _check_media(reader: MediaReader, s: SetInfo, plans: list[_GroupPlan]) -> No
                                  "version that wrote these media")
 
 
-def _restore_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
-                      progress: Callable[[str, int], None] | None, keep_damaged: str | None,
-                      notes: list[str]) -> tuple[int, int]:
+def _stage_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
+                    progress: Callable[[str, int], None] | None, written: list[str]) -> tuple[str, str]:
+    """The database's two files, read, checked and fsync'd under temporary names beside the
+    targets (removed again if the restore fails)."""
     entries = _database_entries(s, p, d)
-    patch = _read_patch(reader, s, d["name"], entries["patch"])
     for path in (t.edb, t.stm):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    # both files are read and checked before either replaces the target's
     edb = _stage(reader, s.number, entries["edb"], t.edb, progress)
-    try:
-        stm = _stage(reader, s.number, entries["stm"], t.stm, progress)
-    except BaseException:
-        os.unlink(edb)
-        raise
+    written.append(edb)
+    stm = _stage(reader, s.number, entries["stm"], t.stm, progress)
+    written.append(stm)
+    return edb, stm
+
+
+def _install_database(reader: MediaReader, s: SetInfo, p: _GroupPlan, d: dict[str, Any], t: DatabaseInfo,
+                      staged: tuple[str, str], keep_damaged: str | None, notes: list[str]) -> tuple[int, int]:
+    entries = _database_entries(s, p, d)
+    patch = _read_patch(reader, s, d["name"], entries["patch"])
     if keep_damaged:
         notes.append(_keep(t, keep_damaged))
     # the old database's WAL must never be applied to the restored image
     for stale in (t.edb + "-wal", t.edb + "-shm"):
         if os.path.exists(stale):
             os.unlink(stale)
-    os.replace(edb, t.edb)
-    os.replace(stm, t.stm)
+    os.replace(staged[0], t.edb)
+    os.replace(staged[1], t.stm)
     db = Database(FileIO(), t.edb, t.stm)
     db.open()
     try:
@@ -558,18 +582,26 @@ def _stage(reader: MediaReader, set_no: int, e: Entry, dest: str, progress: Call
     return tmp
 
 
+def _keep_dir(keep: str, t: DatabaseInfo) -> str:
+    """Each database's files go to their own folder: two databases may have files of one name."""
+    return os.path.join(keep, t.sg.name, t.name)
+
+
 def _check_keep(plans: list[_GroupPlan], keep: str) -> None:
-    os.makedirs(keep, exist_ok=True)
-    dev = os.stat(keep).st_dev
+    probe = keep
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    dev = os.stat(probe).st_dev
     for p in plans:
         for _d, t in p.targets:
-            for path in (t.edb, t.stm):
+            dest = _keep_dir(keep, t)
+            for path in (t.edb, t.stm, t.edb + "-wal", t.edb + "-shm"):
                 if os.path.exists(path) and os.stat(path).st_dev != dev:
                     raise RestoreError(f"--keep-damaged {keep} is on another file system than {path}: moving would "
                                        "copy the whole file. Choose a folder on the same file system (the guide: a "
                                        "move on the same disk is almost instantaneous).")
-                if os.path.exists(os.path.join(keep, os.path.basename(path))):
-                    raise RestoreError(f"{os.path.join(keep, os.path.basename(path))} exists already; choose another "
+                if os.path.lexists(os.path.join(dest, os.path.basename(path))):
+                    raise RestoreError(f"{os.path.join(dest, os.path.basename(path))} exists already; choose another "
                                        "--keep-damaged folder")
 
 
@@ -582,10 +614,12 @@ def _keep(t: DatabaseInfo, keep: str) -> str:
                  f"{h.state.value}, Log Required {h.log_required_low}-{h.log_committed}")
     except EseError as e:
         state = f"header unreadable ({e.name})"
+    dest = _keep_dir(keep, t)
+    os.makedirs(dest, exist_ok=True)
     for path in (t.edb, t.stm, t.edb + "-wal", t.edb + "-shm"):
         if os.path.exists(path):
-            os.rename(path, os.path.join(keep, os.path.basename(path)))
-    return f"{t.path_name}: the existing files were moved to {keep} ({state})"
+            os.rename(path, os.path.join(dest, os.path.basename(path)))
+    return f"{t.path_name}: the existing files were moved to {dest} ({state})"
 
 
 def _update_env(store: Store, p: _GroupPlan, s: SetInfo, media_guid: str) -> None:
@@ -594,12 +628,18 @@ def _update_env(store: Store, p: _GroupPlan, s: SetInfo, media_guid: str) -> Non
     entry = {"media": media_guid, "set": s.number, "type": s.kind, "low": low, "high": high,
              "restored": time.time()}
     env = p.env
+    restored = [EnvDatabase(t.name, d["guid"], d["signature"], d["edb"], d["stm"], t.edb, t.stm, str(t.guid))
+                for d, t in p.targets]
     if s.kind in ("normal", "copy"):
-        env = RestoreEnv(
-            storage_group=p.sg.name, prefix=p.sg.prefix, server=store.server.name, backup_server=s.source,
-            log_signature=str(rec["log_signature"]), log_low=low, log_high=high,
-            databases=[EnvDatabase(d["name"], d["guid"], d["signature"], d["edb"], d["stm"], t.edb, t.stm)
-                       for d, t in p.targets], sets=[entry])
+        same = env is not None and any(x["media"] == media_guid and x["set"] == s.number for x in env.sets)
+        if same and env is not None:  # the same set again (another database of it, or a retry)
+            keep = [x for x in env.databases if x.target_guid not in {r.target_guid for r in restored}]
+            env.databases = keep + restored
+        else:
+            env = RestoreEnv(
+                storage_group=p.sg.name, prefix=p.sg.prefix, server=store.server.name, backup_server=s.source,
+                log_signature=str(rec["log_signature"]), log_low=low, log_high=high, databases=restored,
+                sets=[entry])
     else:
         assert env is not None
         env.log_high = high
@@ -625,21 +665,47 @@ def find_env_folder(temp: str) -> str:
                        "each folder")
 
 
-def hard_recovery(store: Store, temp: str, *, keep: bool = False, roll_forward: bool = True) -> HardRecoveryResult:
+def hard_recovery(store: Store, temp: str, *, keep: bool = False, roll_forward: bool = True,
+                  _held: bool = False) -> HardRecoveryResult:
     folder = find_env_folder(os.path.abspath(temp))
     env = RestoreEnv.load(folder)
     assert env is not None
     srv = store.server
-    sg_info = srv.storage_group(env.storage_group)
+    sg_info = next((g for g in srv.storage_groups() if g.name.lower() == env.storage_group.lower()), None)
+    if sg_info is None:
+        raise RestoreError(f"{ENV} in {folder} is for storage group {env.storage_group!r}, which server {srv.name} "
+                           "does not have")
+    if env.prefix != sg_info.prefix or env.server.lower() != srv.name.lower():
+        raise RestoreError(f"{ENV} in {folder} was written for server {env.server} ({env.storage_group}, logs "
+                           f"{env.prefix}), not for {srv.name} ({sg_info.name}, {sg_info.prefix}): restore into this "
+                           "server again")
+    if not (1 <= env.log_low <= env.log_high):
+        raise RestoreError(f"{ENV} in {folder} is damaged (log range {env.log_low}-{env.log_high})")
     targets = []
     for d in env.databases:
-        t = next((x for x in srv.databases(sg_info) if x.name == d.name), None)
+        t = next((x for x in srv.databases(sg_info)
+                  if (d.target_guid and str(x.guid) == d.target_guid) or (not d.target_guid and x.name == d.name)),
+                 None)
         if t is None:
-            raise RestoreError(f"database {d.name} of {ENV} no longer exists in {sg_info.name}")
+            raise RestoreError(f"database {d.name} of {ENV} no longer exists in {sg_info.name} (it was deleted "
+                               "after the restore): restore again")
         if store.is_mounted(t):
             raise RestoreError(f"{t.path_name} is mounted: hard recovery works on dismounted restored databases; "
                                "dismount it and run eseutil /cc again")
         targets.append((d, t))
+    guids = [t.guid for _d, t in targets]
+    if not _held:
+        store.begin_restore(guids)
+    try:
+        return _hard_recovery(store, folder, env, sg_info, targets, keep=keep, roll_forward=roll_forward)
+    finally:
+        if not _held:
+            store.end_restore(guids)
+
+
+def _hard_recovery(store: Store, folder: str, env: RestoreEnv, sg_info: StorageGroupInfo,
+                   targets: list[tuple[EnvDatabase, DatabaseInfo]], *, keep: bool,
+                   roll_forward: bool) -> HardRecoveryResult:
     # the restored logs: all there, contiguous, of the one stream
     numbered = {}
     for g in range(env.log_low, env.log_high + 1):
@@ -648,6 +714,9 @@ def hard_recovery(store: Store, temp: str, *, keep: bool = False, roll_forward: 
             raise RestoreError(f"restored log generation {g} ({os.path.basename(p)}) is missing from {folder}: "
                                "restore the set that holds it again")
         lh = read_log_header(p)
+        if lh.generation != g:
+            raise RestoreError(f"{p} holds generation {lh.generation}, not {g}: a log was renamed or copied from "
+                               "elsewhere; restore the set that holds it again")
         if lh.signature != env.log_signature:
             raise RestoreError(f"{p} belongs to another log stream than {ENV} says; it cannot be replayed here")
         numbered[g] = p
@@ -697,6 +766,9 @@ def hard_recovery(store: Store, temp: str, *, keep: bool = False, roll_forward: 
             db.close()
     env.recover_status = "recoverEnded"
     env.recover_time = time.time()
+    if sg_info.prefix in store.groups:  # the logs it waited for were replayed: the checkpoint may move on
+        for _d, t in targets:
+            store.groups[sg_info.prefix].release_hold(t.edb)
     if keep:
         env.save(folder)
     else:

@@ -431,6 +431,15 @@ class StorageGroup:
             db.close()
             mismatch(f"has signature {db.header.signature}")
             return None
+        if db.header.state == DbState.CLEAN and db.applied_lsn < lsn(start_gen, 0):
+            # A consistent database that ends before this replay begins (a restored copy after
+            # hard recovery, or files copied back): the log from here holds transactions of an
+            # incarnation it never had the start of. Applying them would leave a gap inside it.
+            db.close()
+            self.events.warning(SOURCE, 499, f"database {edb} is consistent and ends before generation {start_gen}, "
+                                "where this recovery begins: the log's later transactions for its signature belong "
+                                "to another copy of it and are not applied.")
+            return None
         if db.header.log_signature and db.header.log_signature != self.signature:
             db.close()
             mismatch(f"was last attached to another log stream ({db.header.log_signature})")
@@ -734,6 +743,12 @@ class StorageGroup:
             )
             self._advance_checkpoint()
             return True
+
+    def release_hold(self, edb_path: str) -> None:
+        """A restored database has been recovered (hard recovery replayed what it needed): it no
+        longer holds the checkpoint (soft recovery held it while it waited, event 498)."""
+        with self._write_lock:
+            self._failed_hold.pop(os.path.abspath(edb_path), None)
 
     @property
     def held_databases(self) -> dict[str, int]:

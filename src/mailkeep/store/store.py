@@ -78,6 +78,7 @@ class Store:
         self.log_file_size = log_file_size
         self.groups: dict[str, StorageGroup] = {}
         self.mounted: dict[uuid.UUID, Mounted] = {}
+        self._restoring: set[uuid.UUID] = set()  # databases a restore or hard recovery is writing
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._busy: dict[uuid.UUID, int] = {}  # operations running on each mounted database
@@ -120,6 +121,23 @@ class Store:
             self.groups[sg.prefix] = g
             return g
 
+    def begin_restore(self, guids: list[uuid.UUID]) -> None:
+        """Databases a restore or hard recovery is writing: not mounted (and not restored by
+        anyone else) until :meth:`end_restore`."""
+        with self._lock:
+            busy = [g for g in guids if g in self._restoring]
+            if busy:
+                raise ConfigError("a restore or hard recovery of that database is running; wait for it to end")
+            mounted = [m.info.path_name for g, m in self.mounted.items() if g in guids]
+            if mounted:
+                raise ConfigError(f"{', '.join(mounted)} is mounted: dismount it first; a mounted database is never "
+                                  "overwritten")
+            self._restoring.update(guids)
+
+    def end_restore(self, guids: list[uuid.UUID]) -> None:
+        with self._lock:
+            self._restoring.difference_update(guids)
+
     def abort_backups(self, why: str) -> int:
         """End every running online backup as failed (-801): the server is stopping."""
         n = 0
@@ -149,6 +167,9 @@ class Store:
         with self._lock:
             if info.guid in self.mounted:
                 return info
+            if info.guid in self._restoring:
+                raise ConfigError(f"{info.kind} {info.path_name} is being restored (or hard-recovered); mount it when "
+                                  "that has ended")
             edb_there, stm_there = os.path.exists(info.edb), os.path.exists(info.stm)
             if (edb_there or stm_there) and not (edb_there and stm_there):
                 missing = info.stm if edb_there else info.edb
