@@ -7,7 +7,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -17,36 +17,16 @@ from mailkeep.backup import media as mediamod
 from mailkeep.backup import report
 from mailkeep.backup.job import Options, SelectionError, plan, run
 from mailkeep.backup.media import MediaError, MediaReader, verify
-from mailkeep.directory import tasks
-from mailkeep.directory.setup import open_directory
 from mailkeep.engine.logformat import gen_file_name
 from mailkeep.store import delivery
-from mailkeep.store.setup import setup_server
 from mailkeep.store.store import Store
 
 ROOT = "EX1/Information Store"
 SG = f"{ROOT}/First Storage Group"
 
 
-@pytest.fixture(autouse=True)
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "state"
-    monkeypatch.setenv("MAILKEEP_STATE_DIR", str(d))
-    return d
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    data = tmp_path / "data"
-    res = setup_server(str(data), domain="contoso.com", server="EX1", log_file_size=64 * 1024)
-    d = open_directory(str(data))
-    d.add_user("alice", password_text="pw")
-    tasks.mailbox_enable(d, "alice", res.mailbox_store.dn)
-    d.close()
-    s = Store.open(str(data), log_file_size=64 * 1024)
-    s.mount_intended()
-    yield s
-    s.close()
 
 
 def deliver(store: Store, n: int, start: int = 0) -> None:

@@ -5,7 +5,6 @@ Restore Set), and the guide's guards, each refusing before anything is written."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -13,13 +12,10 @@ import pytest
 
 from mailkeep.backup.job import Options, run
 from mailkeep.backup.restore import ENV, RestoreError, hard_recovery, restore
-from mailkeep.directory import tasks
-from mailkeep.directory.setup import open_directory
 from mailkeep.engine.database import read_header
 from mailkeep.engine.errors import EseError
 from mailkeep.store import delivery
 from mailkeep.store.mailbox import open_mailbox
-from mailkeep.store.setup import setup_server
 from mailkeep.store.store import Store
 
 ROOT = "EX1/Information Store"
@@ -27,23 +23,8 @@ SG = f"{ROOT}/First Storage Group"
 DB = "Mailbox Store (EX1)"
 
 
-@pytest.fixture(autouse=True)
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAILKEEP_STATE_DIR", str(tmp_path / "state"))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    data = tmp_path / "data"
-    res = setup_server(str(data), domain="contoso.com", server="EX1", log_file_size=64 * 1024)
-    d = open_directory(str(data))
-    d.add_user("alice", password_text="pw")
-    tasks.mailbox_enable(d, "alice", res.mailbox_store.dn)
-    d.close()
-    s = Store.open(str(data), log_file_size=64 * 1024)
-    s.mount_intended()
-    yield s
-    s.close()
 
 
 def deliver(store: Store, ids: range) -> list[str]:

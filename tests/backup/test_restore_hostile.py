@@ -19,7 +19,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,8 @@ import pytest
 from mailkeep.backup.job import Options, run
 from mailkeep.backup.media import MediaError
 from mailkeep.backup.restore import ENV, RestoreError, hard_recovery, restore
-from mailkeep.directory import tasks
-from mailkeep.directory.setup import open_directory
 from mailkeep.store import delivery
 from mailkeep.store.mailbox import open_mailbox
-from mailkeep.store.setup import setup_server
 from mailkeep.store.store import Store
 
 SG_NAME = "First Storage Group"
@@ -47,23 +44,8 @@ Items = list[tuple[tarfile.TarInfo, bytes]]
 Craft = Callable[[dict[str, Any], Items], None]
 
 
-@pytest.fixture(autouse=True)
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAILKEEP_STATE_DIR", str(tmp_path / "state"))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    data = tmp_path / "data"
-    res = setup_server(str(data), domain="contoso.com", server="EX1", log_file_size=64 * 1024)
-    d = open_directory(str(data))
-    d.add_user("alice", password_text="pw")
-    tasks.mailbox_enable(d, "alice", res.mailbox_store.dn)
-    d.close()
-    s = Store.open(str(data), log_file_size=64 * 1024)
-    s.mount_intended()
-    yield s
-    s.close()
 
 
 @pytest.fixture
