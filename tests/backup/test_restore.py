@@ -301,3 +301,19 @@ def test_a_failure_on_a_later_database_leaves_every_target_as_it_was(store: Stor
         restore(store, media, 1, [SG], str(tmp_path / "t"))
     assert hashlib.sha256(open(priv, "rb").read()).hexdigest() == before  # the first was not replaced
     assert not [n for n in os.listdir(os.path.dirname(priv)) if n.endswith(".restoring")]
+
+
+def test_the_next_incremental_chains_to_the_restored_backup(store: Store, tmp_path: Path) -> None:
+    media = str(tmp_path / "m.bkf")
+    deliver(store, range(5))
+    assert run(store, media, [SG], Options()).ok  # the database's first normal backup
+    backed = read_header(store.server.database(DB).edb)[0].backups["previous_full"]
+    deliver(store, range(5, 10))
+    lose(store)
+    restore(store, media, 1, [f"{SG}/{DB}"], str(tmp_path / "t"), last=True, mount=True)
+    h = read_header(store.server.database(DB).edb)[0]
+    pf = h.backups["previous_full"]
+    assert pf is not None and backed is not None and (pf.low_gen, pf.high_gen) == (backed.low_gen, backed.high_gen)
+    deliver(store, range(10, 15))
+    r = run(store, media, [SG], Options(kind="incremental"))  # not refused with -560
+    assert r.ok, r.errors

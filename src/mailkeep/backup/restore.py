@@ -626,7 +626,7 @@ def _update_env(store: Store, p: _GroupPlan, s: SetInfo, media_guid: str) -> Non
     rec = p.record
     low, high = int(rec["low_gen"]), int(rec["high_gen"])
     entry = {"media": media_guid, "set": s.number, "type": s.kind, "low": low, "high": high,
-             "restored": time.time()}
+             "restored": time.time(), "time": s.started}
     env = p.env
     restored = [EnvDatabase(t.name, d["guid"], d["signature"], d["edb"], d["stm"], t.edb, t.stm, str(t.guid))
                 for d, t in p.targets]
@@ -748,7 +748,9 @@ def _hard_recovery(store: Store, folder: str, env: RestoreEnv, sg_info: StorageG
             if h.state != DbState.CLEAN:
                 h.transition(DbState.CLEAN)
             h.log_required_low = 0
+            patch = h.backups.get("patch_current_full")
             h.backups["patch_current_full"] = None
+            _stamp_restored_backups(h, env, patch)
             h.last_consistent = Mark(db.applied_lsn, now)
             db.write_header(h)
             db.header = h
@@ -778,6 +780,23 @@ def _hard_recovery(store: Store, folder: str, env: RestoreEnv, sg_info: StorageG
                       + (f" ({stopped})" if stopped else "") + "; the databases are in Clean Shutdown.")
     return HardRecoveryResult(folder, sg_info.name, [t.path_name for _d, t in targets], (env.log_low, env.log_high),
                               rolled, stopped, keep)
+
+
+def _stamp_restored_backups(h: Any, env: RestoreEnv, patch: BackupInfo | None) -> None:
+    """The restored database's backup history is the one it was restored from (the image's
+    header predates that backup's stamp): Previous Full Backup from a normal set, Previous
+    Incremental Backup from the last incremental restored after it. So the next incremental
+    chains to what was restored, and truncation counts the restored backup."""
+    first = env.sets[0] if env.sets else {}
+    if first.get("type") == "normal":
+        when = float(patch.time) if patch is not None else float(first.get("time", 0.0))
+        h.backups["previous_full"] = BackupInfo(int(first["low"]), int(first["high"]), lsn(int(first["low"]), 0),
+                                                when)
+        incs = [x for x in env.sets[1:] if x.get("type") == "incremental"]
+        if incs:
+            last = incs[-1]
+            h.backups["previous_incremental"] = BackupInfo(int(last["low"]), int(last["high"]),
+                                                           lsn(int(last["low"]), 0), float(last.get("time", 0.0)))
 
 
 def _report(res: RestoreResult, media: str, started: float, *, error: str = "") -> str:
