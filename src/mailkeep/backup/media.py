@@ -167,22 +167,35 @@ class _Source:
         self.sha = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
+        if n > 0 and self.pos >= len(self.buf):  # the usual case: tarfile asks for one whole chunk
+            c = self._next()
+            if c is None:
+                return b""
+            if len(c) == n:
+                return c
+            self.buf, self.pos = c, 0
         out = bytearray()
         while n < 0 or len(out) < n:
             if self.pos >= len(self.buf):
-                try:
-                    c = next(self.chunks)
-                except StopIteration:
+                c = self._next()
+                if c is None:
                     break
-                self.seen += len(c)
-                if self.seen > self.size:
-                    raise MediaError(f"{self.name} grew while it was being written ({self.seen} > {self.size} bytes)")
-                self.sha.update(c)
                 self.buf, self.pos = c, 0
             take = len(self.buf) - self.pos if n < 0 else min(n - len(out), len(self.buf) - self.pos)
             out += self.buf[self.pos:self.pos + take]
             self.pos += take
         return bytes(out)
+
+    def _next(self) -> bytes | None:
+        try:
+            c = next(self.chunks)
+        except StopIteration:
+            return None
+        self.seen += len(c)
+        if self.seen > self.size:
+            raise MediaError(f"{self.name} grew while it was being written ({self.seen} > {self.size} bytes)")
+        self.sha.update(c)
+        return c
 
 
 class SetWriter:
