@@ -538,10 +538,6 @@ class ImapSession:
             return n in {s for s, _ in self._targets(key, False)}, i + 1
         raise Bad(f"unsupported SEARCH key {key}")
 
-    def _raw(self, uid: int) -> bytes:
-        assert self.mb is not None and self.selected is not None
-        return self.mb.read_message(self.selected, uid)
-
     def _head(self, uid: int) -> bytes:
         assert self.mb is not None and self.selected is not None
         with self.mb.fetch(self.selected, uid) as r:
