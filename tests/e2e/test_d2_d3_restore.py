@@ -5,10 +5,8 @@ and D20's other half: a backup operator may not restore, a full administrator ma
 
 from __future__ import annotations
 
-import imaplib
 import json
 import os
-import smtplib
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from mailkeep.directory import tasks
 from mailkeep.directory.setup import open_directory
 from mailkeep.store.setup import setup_server
+from tests.e2e.test_restore_more import imap_ids, send
 from tests.server.test_serve import free_port, start, stop
 
 SG = "EX1/Information Store/First Storage Group"
@@ -46,29 +45,6 @@ def data(tmp_path: Path) -> Path:
     assert mk(d, "role", "grant", "oper", "backup-operator").returncode == 0
     assert mk(d, "role", "grant", "admin", "full-administrator").returncode == 0
     return d
-
-
-def send(port: int, ids: range) -> list[str]:
-    out = []
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
-        for i in ids:
-            mid = f"<r{i}@x>"
-            c.sendmail("x@example.org", ["alice@contoso.com"],
-                       f"Message-ID: {mid}\r\nSubject: {i}\r\n\r\n".encode() + b"line of text\r\n" * 60)
-            out.append(mid)
-    return out
-
-
-def imap_ids(port: int) -> list[str]:
-    c = imaplib.IMAP4("127.0.0.1", port)
-    try:
-        c.login("alice", "alice-pw")
-        c.select("INBOX", readonly=True)
-        typ, data = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-        assert typ == "OK"
-        return sorted(part[1].decode().split(":", 1)[1].strip() for part in data if isinstance(part, tuple))
-    finally:
-        c.logout()
 
 
 def test_d3_lost_files_restored_and_rolled_forward(data: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from mailkeep.admin.registry import BadRequest, Context, Operation, invoke, load
 from mailkeep.admin.roles import AccessDenied, Caller, Role
 from mailkeep.directory.backend import DirectoryError
 from mailkeep.engine.errors import EseError
-from mailkeep.server.tcp import is_loopback
+from mailkeep.server.tcp import LoopThread, is_loopback
 from mailkeep.store.errors import StoreError
 from mailkeep.store.server import ConfigError
 from mailkeep.store.store import Store
@@ -48,10 +48,11 @@ MAX_BODY = 1 << 20
 BACKUP_PATH = "/api/v1/backup/stream"
 
 
-class ApiServer:
+class ApiServer(LoopThread):
     """aiohttp on its own event loop in a thread, like the mail protocols' servers."""
 
     def __init__(self, store: Store, host: str, port: int, *, token: str, ssl_context: Any = None) -> None:
+        super().__init__()
         self.store = store
         self.host = host
         self.port = port
@@ -61,11 +62,7 @@ class ApiServer:
         self._admin = threading.Lock()
         self._streams: set[threading.Event] = set()  # one per backup being streamed
         self._cache: dict[tuple[str, bytes], tuple[float, str]] = {}  # -> (when verified, account DN)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -76,38 +73,21 @@ class ApiServer:
             app.router.add_route(op.method, op.path, self._handler(op))
         return app
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
+    async def _open(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True)
+        await site.start()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._runner = web.AppRunner(self.app(), access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
-                               reuse_address=True)
-            loop.run_until_complete(site.start())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._runner.cleanup())
-        loop.close()
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def stop(self) -> None:
         for gone in list(self._streams):  # streamed backups end now, as failed
             gone.set()
         self.store.abort_backups("the server is stopping")
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
+        super().stop()
 
     # -- authentication ----------------------------------------------------------------------
     def _caller(self, request: web.Request) -> Caller:

@@ -77,21 +77,67 @@ def peer_address(writer: asyncio.StreamWriter) -> str:
     return str((writer.get_extra_info("peername") or ("?",))[0])
 
 
-class ThreadedServer:
+class LoopThread:
+    """An asyncio event loop in a thread of its own, for a listener of the service process
+    (IMAP, POP3, the HTTP API). :meth:`start` returns once the listener is open, raising
+    what opening it raised (a port in use); :meth:`stop` ends the loop and closes it."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"mailkeep-{type(self).__name__}", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._open())
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._error = e
+            self._loop = None  # stop() has nothing to stop
+            loop.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        try:
+            loop.run_until_complete(self._close())
+        finally:
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+        self._thread = None
+
+
+class ThreadedServer(LoopThread):
     line_limit = 8192
 
     def __init__(self, host: str, port: int, *, limits: Limits | None = None,
                  tls: ssl.SSLContext | None = None) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.limits = limits or Limits()
         self.tls = tls
         self.limiter = ConnectionLimiter(self.limits)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
@@ -117,36 +163,13 @@ class ThreadedServer:
             self.limiter.release(address)
             writer.close()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"mailkeep-{type(self).__name__}", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=self.line_limit)
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._accept, self.host, self.port, limit=self.line_limit))
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._error = e
-            self._loop = None  # stop() has nothing to stop
-            loop.close()
-            self._ready.set()
-            return
-        self._ready.set()
-        loop.run_forever()
-        self._server.close()
-        loop.run_until_complete(self._server.wait_closed())
-        loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-        self._thread = None
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 async def read_line(reader: asyncio.StreamReader, *, idle: float, command_timeout: float) -> bytes:
